@@ -1,0 +1,84 @@
+"""Every error functionfuse raises on purpose.
+
+All of them derive from :class:`FunctionFuseError`, so ``except FunctionFuseError``
+catches user errors while real bugs still surface as ordinary exceptions.
+Each message names the node, workflow, option or plugin at fault.
+"""
+
+from __future__ import annotations
+
+
+class FunctionFuseError(Exception):
+    """Base class of every error functionfuse raises on purpose."""
+
+
+class InvalidNameError(FunctionFuseError, ValueError):
+    """A node or workflow name is not a string or would escape the storage root."""
+
+
+class DuplicateNameError(FunctionFuseError, ValueError):
+    """Two nodes of one stored workflow carry the same name."""
+
+
+class NotANodeError(FunctionFuseError, TypeError):
+    """Something that should be a workflow node is not one."""
+
+
+class NodeExecutionError(FunctionFuseError):
+    """A node raised while running; the original exception is ``__cause__``.
+
+    :ivar node_name: the name of the node that failed.
+    :ivar workflow_name: the workflow it belongs to.
+    """
+
+    def __init__(self, node_name: str, workflow_name: str, cause: BaseException | None = None, detail: str = ""):
+        self.node_name = node_name
+        self.workflow_name = workflow_name
+        what = detail or (f"{type(cause).__name__}: {cause}" if cause is not None else "failed")
+        super().__init__(f"node {node_name!r} of workflow {workflow_name!r} failed: {what}")
+
+    def __reduce__(self):  # keep the error picklable across process boundaries (Ray)
+        return (type(self), (self.node_name, self.workflow_name, None, self.args[0].split(" failed: ", 1)[-1]))
+
+
+class SerializationError(FunctionFuseError):
+    """A node's result could not be serialised; nothing was written for it."""
+
+
+class StorageError(FunctionFuseError):
+    """Storage could not be reached, or refused an operation."""
+
+
+class CorruptResultError(StorageError):
+    """A stored result is truncated or fails its checksum; it is never returned as a value."""
+
+
+class TaskNotFoundError(StorageError, KeyError):
+    """A stored result that was asked for does not exist."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+class UnknownBackendError(FunctionFuseError, ValueError):
+    """No plugin registers a backend under the requested name."""
+
+
+class UnknownStorageKindError(FunctionFuseError, ValueError):
+    """No plugin registers a storage kind under the requested name."""
+
+
+class MissingExtraError(FunctionFuseError, ImportError):
+    """A backend, storage kind or serializer needs an optional dependency that is not installed."""
+
+
+class UnknownQueryAttributeError(FunctionFuseError, ValueError):
+    """``Query.set_*`` was given an attribute no plugin accepts for this backend."""
+
+
+class InvalidOptionError(FunctionFuseError, ValueError):
+    """An option value (remote args, task args, storage options, ...) is not valid."""
+
+
+class PluginError(FunctionFuseError):
+    """A plugin could not be loaded or registered."""

@@ -1,0 +1,405 @@
+"""The scientist's side: the ``@workflow`` decorator and the lazy nodes it makes.
+
+A node is a description of one call: the function, its arguments (which may
+hold other nodes and references ``node[i]``), and a name. Nothing runs until
+a backend runs the workflow; results live in the run, never on the nodes, so
+the same nodes can be run again, by any backend.
+
+>>> from functionfuse import workflow
+>>> @workflow
+... def add(a, b):
+...     return a + b
+>>> n1 = add(1, 1).set_name("node1")
+>>> n2 = add(n1, 1)
+>>> n2.parents == (n1,)
+True
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import Any, Callable
+
+from .errors import InvalidNameError, NotANodeError
+
+__all__ = [
+    "Node",
+    "ObjectNode",
+    "MethodNode",
+    "Ref",
+    "WorkflowFunction",
+    "WorkflowClass",
+    "workflow",
+    "task",
+    "validate_name",
+    "resolve_args",
+]
+
+# Creation order: a node can only take nodes that exist already as arguments,
+# so sorting by this number is a topological order, and it breaks ties
+# deterministically.
+_creation_counter = itertools.count()
+# Default names count per qualname, so running a script again gives the same names.
+_name_counters: dict[str, int] = {}
+
+_CONTAINERS = (list, tuple, dict, set, frozenset)
+_MAX_NAME_BYTES = 200
+
+
+def validate_name(name: Any, what: str = "node") -> str:
+    """Return ``name`` if it is safe as a storage key, else raise :class:`InvalidNameError`.
+
+    Refused: non-strings, the empty string, ``.`` and ``..``, anything holding a
+    path separator or NUL, and names longer than 200 bytes.
+    """
+    if not isinstance(name, str):
+        raise InvalidNameError(f"{what} name must be a string, got {type(name).__name__} {name!r}")
+    if name in ("", ".", ".."):
+        raise InvalidNameError(f"{what} name {name!r} is not allowed: it would escape the storage root")
+    if "/" in name or "\\" in name or "\x00" in name:
+        raise InvalidNameError(
+            f"{what} name {name!r} is not allowed: names become storage keys and may not hold '/', '\\' or NUL"
+        )
+    if len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
+        raise InvalidNameError(f"{what} name {name[:40]!r}... is longer than {_MAX_NAME_BYTES} bytes")
+    return name
+
+
+class Ref:
+    """A reference to part of a node's result: ``node[i]``, ``node["key"]``, ``node[0][1]``.
+
+    The referenced node is the dependency; the keys are applied to its result
+    when the consumer runs.
+    """
+
+    __slots__ = ("node", "keys")
+
+    def __init__(self, node: Node, keys: tuple):
+        self.node = node
+        self.keys = keys
+
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self.node, self.keys + (key,))
+
+    def __iter__(self):
+        raise TypeError(f"a reference to node {self.node.name!r} cannot be iterated; index it instead: ref[0]")
+
+    def __repr__(self) -> str:
+        return f"Ref({self.node.name!r}{''.join(f'[{k!r}]' for k in self.keys)})"
+
+    def resolve(self, value: Any) -> Any:
+        """Apply the keys to the referenced node's result."""
+        for key in self.keys:
+            value = value[key]
+        return value
+
+
+def _scan_nested(obj: Any, parents: list) -> bool:
+    """Append the nodes held anywhere inside ``obj`` to ``parents``; True if any. No recursion."""
+    found = False
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        cls = item.__class__
+        if isinstance(item, Node):
+            parents.append(item)
+            found = True
+        elif cls is Ref:
+            parents.append(item.node)
+            found = True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, _CONTAINERS):
+            stack.extend(item)
+    return found
+
+
+def _children(container: Any) -> list:
+    if isinstance(container, dict):
+        flat: list = []
+        for key, value in container.items():
+            flat.append(key)
+            flat.append(value)
+        return flat
+    return list(container)
+
+
+def _rebuild(container: Any, out: list) -> Any:
+    """A container of the same type as ``container`` holding ``out``."""
+    cls = type(container)
+    if isinstance(container, dict):
+        pairs = zip(out[0::2], out[1::2])
+        try:
+            return cls(pairs) if cls is not dict else dict(pairs)
+        except TypeError:  # e.g. defaultdict, whose first argument is a factory
+            return dict(zip(out[0::2], out[1::2]))
+    if isinstance(container, tuple) and hasattr(container, "_fields"):
+        return cls(*out)  # namedtuple
+    try:
+        return cls(out)
+    except TypeError:
+        return cls.__mro__[-2](out)
+
+
+def _substitute(obj: Any, results: dict) -> Any:
+    """Return ``obj`` with every node and reference replaced by its value.
+
+    Containers are rebuilt with their own type, bottom-up, on an explicit
+    stack (no recursion, whatever the nesting depth).
+    """
+    if isinstance(obj, Node):
+        return results[obj]
+    if obj.__class__ is Ref:
+        return obj.resolve(results[obj.node])
+    if not isinstance(obj, _CONTAINERS):
+        return obj
+    stack = [[obj, _children(obj), 0, []]]  # frames: container, its children, next index, values
+    while True:
+        frame = stack[-1]
+        kids, index, out = frame[1], frame[2], frame[3]
+        if index < len(kids):
+            frame[2] = index + 1
+            child = kids[index]
+            if isinstance(child, Node):
+                out.append(results[child])
+            elif child.__class__ is Ref:
+                out.append(child.resolve(results[child.node]))
+            elif isinstance(child, _CONTAINERS):
+                stack.append([child, _children(child), 0, []])
+            else:
+                out.append(child)
+            continue
+        stack.pop()
+        built = _rebuild(frame[0], out)
+        if not stack:
+            return built
+        stack[-1][3].append(built)
+
+
+def resolve_args(node: Node, results: dict) -> tuple[tuple, dict]:
+    """The positional and keyword arguments of ``node`` with dependencies replaced by values.
+
+    ``results`` maps each parent node to its value.
+    """
+    mode = node.argmode
+    if mode == 0:
+        return node.args, node.kwargs
+    if mode == 1:
+        args = tuple(
+            results[a] if isinstance(a, Node) else a.resolve(results[a.node]) if a.__class__ is Ref else a
+            for a in node.args
+        )
+        kwargs = node.kwargs
+        if kwargs:
+            kwargs = {
+                k: results[v] if isinstance(v, Node) else v.resolve(results[v.node]) if v.__class__ is Ref else v
+                for k, v in kwargs.items()
+            }
+        return args, kwargs
+    return tuple(_substitute(a, results) for a in node.args), {
+        k: _substitute(v, results) for k, v in node.kwargs.items()
+    }
+
+
+class Node:
+    """A lazy call of a decorated function.
+
+    :ivar func: the function (or class, or unbound method) to call.
+    :ivar args: positional arguments as given (may hold nodes and references).
+    :ivar kwargs: keyword arguments as given.
+    :ivar parents: the distinct nodes this node depends on, in argument order.
+    :ivar seq: creation number; sorting by it gives a topological order.
+    """
+
+    __slots__ = ("func", "args", "kwargs", "parents", "children", "seq", "argmode", "_name", "_number", "__weakref__")
+
+    kind = "call"
+
+    def __init__(self, func: Callable, qualname: str, args: tuple, kwargs: dict, extra_parents: tuple = ()):
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.seq = next(_creation_counter)
+        number = _name_counters.get(qualname, 0) + 1
+        _name_counters[qualname] = number
+        self._number = number
+        self._name = None
+        self.children = None
+        parents = list(extra_parents)
+        mode = 0
+        for a in args:
+            if isinstance(a, Node):
+                parents.append(a)
+                mode |= 1
+            elif a.__class__ is Ref:
+                parents.append(a.node)
+                mode |= 1
+            elif isinstance(a, _CONTAINERS) and _scan_nested(a, parents):
+                mode = 2
+        if kwargs:
+            for a in kwargs.values():
+                if isinstance(a, Node):
+                    parents.append(a)
+                    mode |= 1
+                elif a.__class__ is Ref:
+                    parents.append(a.node)
+                    mode |= 1
+                elif isinstance(a, _CONTAINERS) and _scan_nested(a, parents):
+                    mode = 2
+        self.argmode = mode
+        if len(parents) > 1:
+            parents = list(dict.fromkeys(parents))
+        self.parents = tuple(parents)
+        for p in parents:
+            if p.children is None:
+                p.children = [self]
+            else:
+                p.children.append(self)
+
+    # -- naming -----------------------------------------------------------
+    @property
+    def qualname(self) -> str:
+        """The qualified name of the function the node calls."""
+        return self.func.__qualname__
+
+    @property
+    def name(self) -> str:
+        """The node's name: the one given to :meth:`set_name`, else ``<qualname>_<NNNN>``."""
+        name = self._name
+        if name is None:
+            name = self._name = f"{self.qualname}_{self._number:04d}"
+        return name
+
+    @property
+    def has_default_name(self) -> bool:
+        """True when no name was given with :meth:`set_name`."""
+        return self._name is None or self._name == f"{self.qualname}_{self._number:04d}"
+
+    def set_name(self, name: str) -> Node:
+        """Name the node (the name is its storage key); returns the node, for chaining."""
+        self._name = validate_name(name, "node")
+        return self
+
+    # -- references -------------------------------------------------------
+    def __getitem__(self, key: Any) -> Ref:
+        return Ref(self, (key,))
+
+    def __iter__(self):
+        raise TypeError(
+            f"node {self.name!r} cannot be iterated or unpacked before it runs; index it instead: node[0], node[1]"
+        )
+
+    @property
+    def data_parents(self) -> tuple:
+        """The parents this node takes values from (for a method call: not the chain)."""
+        return self.parents
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class ObjectNode(Node):
+    """A stateful node: the instance of a decorated class.
+
+    Attribute access gives its methods; each call makes a :class:`MethodNode`
+    chained after the previous call on the same object.
+    """
+
+    __slots__ = ("cls", "last_call")
+
+    kind = "object"
+
+    def __init__(self, cls: type, args: tuple, kwargs: dict):
+        super().__init__(cls, cls.__qualname__, args, kwargs)
+        self.cls = cls
+        self.last_call = None
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        cls = object.__getattribute__(self, "cls")
+        member = getattr(cls, attr, None)
+        if member is None or not callable(member):
+            raise AttributeError(f"stateful node {self.name!r} ({cls.__qualname__}) has no method {attr!r}")
+        return functools.partial(MethodNode, self, attr)
+
+
+class MethodNode(Node):
+    """A call of a method of a stateful node; runs after the object's previous call.
+
+    :ivar obj: the :class:`ObjectNode` whose method is called.
+    :ivar method_name: the method's name.
+    :ivar chain_prev: the previous call on the object, or the object itself.
+    """
+
+    __slots__ = ("obj", "method_name", "chain_prev")
+
+    kind = "method"
+
+    def __init__(self, obj: ObjectNode, method_name: str, *args: Any, **kwargs: Any):
+        func = getattr(obj.cls, method_name)
+        prev = obj.last_call or obj
+        self.obj = obj
+        self.method_name = method_name
+        self.chain_prev = prev
+        # The instance is the first argument, so every backend calls ``func(*args)``.
+        super().__init__(func, func.__qualname__, (obj, *args), kwargs, (prev,) if prev is not obj else ())
+        obj.last_call = self
+
+    @property
+    def data_parents(self) -> tuple:
+        chain = {self.obj, self.chain_prev}
+        return tuple(p for p in self.parents if p not in chain)
+
+
+class WorkflowFunction:
+    """A decorated function: calling it makes a :class:`Node` instead of running it."""
+
+    def __init__(self, func: Callable):
+        functools.update_wrapper(self, func)
+        self.func = func
+        self._qualname = func.__qualname__
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Node:
+        return Node(self.func, self._qualname, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<workflow function {self._qualname}>"
+
+
+class WorkflowClass:
+    """A decorated class: calling it makes an :class:`ObjectNode` (a stateful node)."""
+
+    def __init__(self, cls: type):
+        functools.update_wrapper(self, cls, updated=())
+        self.cls = cls
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ObjectNode:
+        return ObjectNode(self.cls, args, kwargs)
+
+    def __repr__(self) -> str:
+        return f"<workflow class {self.cls.__qualname__}>"
+
+
+def workflow(func: Callable) -> Any:
+    """Make ``func`` (a function or a class) build workflow nodes when called.
+
+    >>> @workflow
+    ... def double(x):
+    ...     return 2 * x
+    >>> node = double(3).set_name("six")
+    >>> node.name
+    'six'
+    """
+    if isinstance(func, (WorkflowFunction, WorkflowClass)):
+        return func
+    if isinstance(func, type):
+        return WorkflowClass(func)
+    if not callable(func):
+        raise NotANodeError(f"@workflow decorates functions and classes, not {type(func).__name__}")
+    return WorkflowFunction(func)
+
+
+task = workflow

@@ -1,0 +1,89 @@
+"""Which nodes a workflow holds, and the order they run in. No recursion anywhere.
+
+The closure rule: the given leaves, every ancestor of them, and every
+descendant of their roots, closed under "parents of". Nodes are ordered by
+creation, which is topological because a node's arguments exist before it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable
+
+from .errors import NotANodeError
+from .frontend import Node, Ref
+
+__all__ = ["as_leaves", "closure", "find_nodes", "consumers_count"]
+
+
+def as_leaves(nodes: Iterable, where: str = "workflow") -> tuple[Node, ...]:
+    """Check that every leaf is a node (a reference counts as its node)."""
+    leaves = []
+    for position, item in enumerate(nodes):
+        if item.__class__ is Ref:
+            item = item.node
+        if not isinstance(item, Node):
+            raise NotANodeError(
+                f"{where}: leaf #{position} is {type(item).__name__} {item!r:.60}, not a workflow node; "
+                "pass the value returned by calling a @workflow function"
+            )
+        leaves.append(item)
+    if not leaves:
+        raise NotANodeError(f"{where}: give at least one leaf node")
+    return tuple(leaves)
+
+
+def closure(leaves: Iterable[Node]) -> list[Node]:
+    """Every node of the workflow defined by ``leaves``, in run order."""
+    members: set[Node] = set()
+    stack = list(leaves)
+    # 1. the leaves and their ancestors
+    while stack:
+        node = stack.pop()
+        if node in members:
+            continue
+        members.add(node)
+        stack.extend(node.parents)
+    # 2. every descendant of their roots
+    stack = [node for node in members if not node.parents]
+    seen_desc: set[Node] = set(stack)
+    while stack:
+        node = stack.pop()
+        children = node.children
+        if children:
+            for child in children:
+                if child not in seen_desc:
+                    seen_desc.add(child)
+                    stack.append(child)
+    # 3. closed under "parents of"
+    stack = [node for node in seen_desc if node not in members]
+    while stack:
+        node = stack.pop()
+        if node in members:
+            continue
+        members.add(node)
+        stack.extend(p for p in node.parents if p not in members)
+    order = list(members)
+    order.sort(key=_seq_of)
+    return order
+
+
+def _seq_of(node: Node) -> int:
+    return node.seq
+
+
+def find_nodes(nodes: Iterable[Node], pattern: str | None = None) -> list[Node]:
+    """The nodes whose name matches ``pattern`` in full (``re.fullmatch``); ``None`` matches all."""
+    if pattern is None:
+        return list(nodes)
+    regex = re.compile(pattern)
+    return [node for node in nodes if regex.fullmatch(node.name)]
+
+
+def consumers_count(order: list[Node]) -> dict[Node, int]:
+    """How many nodes of ``order`` take each node as a parent."""
+    counts: dict[Node, int] = dict.fromkeys(order, 0)
+    for node in order:
+        for parent in node.parents:
+            counts[parent] += 1
+    return counts

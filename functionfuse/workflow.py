@@ -1,0 +1,145 @@
+"""The base class of every backend."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import pluggy
+
+from . import graph
+from .context import RunContext, RunHooks
+from .errors import DuplicateNameError
+from .frontend import Node, validate_name
+from .query import Query
+
+__all__ = ["Workflow"]
+
+
+class Workflow:
+    """A workflow given by its leaves, ready to run on one backend.
+
+    Subclasses set ``backend_name`` and ``query_keys`` and implement :meth:`run`.
+
+    :param nodes: one or more leaf nodes; the workflow is their closure.
+    :param workflow_name: the name results are stored under.
+    :param plugins: extra plugins for this workflow's runs.
+    :param disable: plugin names to block for this workflow's runs.
+    :param trace: log every hook call (``True`` or ``"json"``); default ``FUNCTIONFUSE_TRACE``.
+    """
+
+    backend_name = "base"
+    #: attributes ``query(...).set_<key>`` accepts on this backend, besides ``plugins``
+    query_keys: frozenset = frozenset({"plugins"})
+
+    def __init__(
+        self,
+        *nodes: Node,
+        workflow_name: str = "workflow",
+        plugins: Iterable[Any] = (),
+        disable: Iterable[str] = (),
+        trace: bool | str | None = None,
+    ):
+        self.leaves = graph.as_leaves(nodes, where=f"{type(self).__name__}({workflow_name!r})")
+        self.workflow_name = validate_name(workflow_name, "workflow")
+        self.nodes = graph.closure(self.leaves)
+        self.storage: Any = None
+        self.node_attrs: dict[Node, dict] = {}
+        self._plugins = tuple(plugins)
+        self._disable = tuple(disable)
+        self._trace = trace
+
+    # -- plugins ------------------------------------------------------------
+    @property
+    def plugin_manager(self) -> pluggy.PluginManager:
+        """The plugin manager of this workflow's runs."""
+        from .manager import get_plugin_manager
+
+        return get_plugin_manager(self._plugins, self._disable, self._trace)
+
+    def new_run(self) -> tuple[RunContext, RunHooks]:
+        """A fresh context and hook façade for one run; checks names when storage is set."""
+        if self.storage is not None:
+            self.check_unique_names()
+        context = RunContext(
+            workflow_name=self.workflow_name,
+            backend=self,
+            storage=self.storage,
+            order=self.nodes,
+            leaves=self.leaves,
+            pm=self.plugin_manager,
+        )
+        if self.storage is not None:
+            bind_storage(self.storage, context.pm)
+        return context, RunHooks(context)
+
+    # -- selection ------------------------------------------------------------
+    def find_nodes(self, pattern: str | None = None) -> list[Node]:
+        """Nodes whose name matches ``pattern`` in full (``re.fullmatch``); ``None`` gives all."""
+        return graph.find_nodes(self.nodes, pattern)
+
+    def query(self, pattern: str | None = None) -> Query:
+        """A chainable :class:`Query` over the nodes matching ``pattern``."""
+        return Query(self.find_nodes(pattern), self, pattern)
+
+    def set_plugin(self, pattern: str | None, plugin: Any) -> Workflow:
+        """Attach a node plugin to every node matching ``pattern``."""
+        self.query(pattern).set_plugins(plugin)
+        return self
+
+    def attrs(self, node: Node) -> dict:
+        """The attributes queries set on ``node`` (empty when none)."""
+        return self.node_attrs.get(node, _EMPTY)
+
+    # -- storage ----------------------------------------------------------------
+    def set_storage(self, storage: Any) -> Workflow:
+        """Save every node's result to ``storage`` and read it back on later runs.
+
+        ``storage`` is a storage object, a ``storage_factory`` dict, or a path or fsspec URL.
+        """
+        from .storage import as_storage
+
+        self.storage = as_storage(storage)
+        return self
+
+    def check_unique_names(self) -> None:
+        """Refuse two nodes with one name in a stored workflow."""
+        seen: dict[str, Node] = {}
+        for node in self.nodes:
+            name = node.name
+            other = seen.get(name)
+            if other is not None:
+                raise DuplicateNameError(
+                    f"workflow {self.workflow_name!r}: two nodes are named {name!r} ({other!r} and {node!r}); "
+                    "stored results are keyed by name, so give each node its own with set_name()"
+                )
+            seen[name] = node
+
+    def run(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def _leaf_result(values: list) -> Any:
+        return values[0] if len(values) == 1 else values
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.workflow_name!r}: {len(self.nodes)} nodes>"
+
+
+_EMPTY: dict = {}
+
+
+def bind_storage(storage: Any, pm: pluggy.PluginManager) -> None:
+    """Give the storage the active serializers of this run's plugins, and the selection hook if needed."""
+    if not hasattr(storage, "bind_run"):
+        return
+    from .context import _live
+    from .manager import load_target, registrations
+
+    active = []
+    for registration in registrations(pm, "ff_serializers").values():
+        if registration.active:
+            target = load_target(registration, "serializer")
+            active.append(target() if isinstance(target, type) else target)
+    caller = _live(pm, "ff_select_serializer")
+    selector = None if caller is None else (lambda obj: caller(obj=obj, storage=storage))
+    storage.bind_run(active, selector)

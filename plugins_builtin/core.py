@@ -1,0 +1,41 @@
+"""Built-in behaviour behind the per-node and storage hooks.
+
+Backends inline these when no other plugin implements the hook (see
+:mod:`functionfuse.context`), so they are the reference of what a hook does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functionfuse.markers import hookimpl
+
+
+@hookimpl(trylast=True)
+def ff_execute_node(node: Any, args: tuple, kwargs: dict) -> Any:
+    return node.func(*args, **kwargs)
+
+
+@hookimpl(trylast=True)
+def ff_storage_save(storage: Any, workflow_name: str, task_name: str, obj: Any) -> bool:
+    storage.save(workflow_name, task_name, obj)
+    return True
+
+
+@hookimpl(trylast=True)
+def ff_storage_read(storage: Any, workflow_name: str, task_name: str) -> Any:
+    return storage.read_task(workflow_name, task_name)
+
+
+@hookimpl(trylast=True)
+def ff_select_serializer(obj: Any, storage: Any) -> Any:
+    for serializer in storage.serializers:
+        if serializer.match(obj):
+            return serializer
+    return None
+
+
+@hookimpl
+def ff_query_assign(key: str, backend: Any) -> bool:
+    # Keys a backend declares itself; values are validated by the plugin owning the key.
+    return key in getattr(backend, "query_keys", ())
