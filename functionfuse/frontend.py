@@ -28,7 +28,6 @@ __all__ = [
     "ObjectNode",
     "MethodNode",
     "Ref",
-    "WorkflowFunction",
     "WorkflowClass",
     "workflow",
     "task",
@@ -44,6 +43,7 @@ _creation_counter = itertools.count()
 _name_counters: dict[str, int] = {}
 
 _CONTAINERS = (list, tuple, dict, set, frozenset)
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _MAX_NAME_BYTES = 200
 
 
@@ -181,23 +181,19 @@ def _substitute(obj: Any, results: dict) -> Any:
 def resolve_args(node: Node, results: dict) -> tuple[tuple, dict]:
     """The positional and keyword arguments of ``node`` with dependencies replaced by values.
 
-    ``results`` maps each parent node to its value.
+    ``results`` maps each parent node to its value. ``node.argmode`` says how
+    much work that is: 0 none, 1 top-level positional dependencies only (at
+    ``node.slots``), 2 anything else.
     """
     mode = node.argmode
     if mode == 0:
         return node.args, node.kwargs
     if mode == 1:
-        args = tuple(
-            results[a] if isinstance(a, Node) else a.resolve(results[a.node]) if a.__class__ is Ref else a
-            for a in node.args
-        )
-        kwargs = node.kwargs
-        if kwargs:
-            kwargs = {
-                k: results[v] if isinstance(v, Node) else v.resolve(results[v.node]) if v.__class__ is Ref else v
-                for k, v in kwargs.items()
-            }
-        return args, kwargs
+        args = list(node.args)
+        for position in node.slots:
+            a = args[position]
+            args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
+        return args, node.kwargs
     return tuple(_substitute(a, results) for a in node.args), {
         k: _substitute(v, results) for k, v in node.kwargs.items()
     }
@@ -213,7 +209,9 @@ class Node:
     :ivar seq: creation number; sorting by it gives a topological order.
     """
 
-    __slots__ = ("func", "args", "kwargs", "parents", "children", "seq", "argmode", "_name", "_number", "__weakref__")
+    __slots__ = (
+        "func", "args", "kwargs", "parents", "children", "seq", "argmode", "slots", "_name", "_number", "__weakref__",
+    )
 
     kind = "call"
 
@@ -222,33 +220,58 @@ class Node:
         self.args = args
         self.kwargs = kwargs
         self.seq = next(_creation_counter)
-        number = _name_counters.get(qualname, 0) + 1
-        _name_counters[qualname] = number
-        self._number = number
+        self._number = _name_counters[qualname] = _name_counters.get(qualname, 0) + 1
         self._name = None
         self.children = None
-        parents = list(extra_parents)
+        parents = list(extra_parents) if extra_parents else None
         mode = 0
-        for a in args:
-            if isinstance(a, Node):
+        slots = None
+        kinds = _ARG_KINDS
+        for position, a in enumerate(args):
+            kind = kinds.get(a.__class__)
+            if kind is None:
+                kind = _classify(a.__class__)
+            if not kind:
+                continue
+            if parents is None:
+                parents = []
+            if kind == 1:
                 parents.append(a)
                 mode |= 1
-            elif a.__class__ is Ref:
+            elif kind == 2:
                 parents.append(a.node)
                 mode |= 1
-            elif isinstance(a, _CONTAINERS) and _scan_nested(a, parents):
+            elif _scan_nested(a, parents):
                 mode = 2
+                continue
+            else:
+                continue
+            if slots is None:
+                slots = [position]
+            else:
+                slots.append(position)
+        self.slots = tuple(slots) if slots else ()
         if kwargs:
             for a in kwargs.values():
-                if isinstance(a, Node):
+                kind = kinds.get(a.__class__)
+                if kind is None:
+                    kind = _classify(a.__class__)
+                if not kind:
+                    continue
+                if parents is None:
+                    parents = []
+                if kind == 1:
                     parents.append(a)
-                    mode |= 1
-                elif a.__class__ is Ref:
+                    mode |= 3  # top-level keyword dependencies take the general path
+                elif kind == 2:
                     parents.append(a.node)
-                    mode |= 1
-                elif isinstance(a, _CONTAINERS) and _scan_nested(a, parents):
+                    mode |= 3
+                elif _scan_nested(a, parents):
                     mode = 2
-        self.argmode = mode
+        self.argmode = mode if mode < 2 else 2
+        if parents is None:
+            self.parents = ()
+            return
         if len(parents) > 1:
             parents = list(dict.fromkeys(parents))
         self.parents = tuple(parents)
@@ -354,21 +377,6 @@ class MethodNode(Node):
         return tuple(p for p in self.parents if p not in chain)
 
 
-class WorkflowFunction:
-    """A decorated function: calling it makes a :class:`Node` instead of running it."""
-
-    def __init__(self, func: Callable):
-        functools.update_wrapper(self, func)
-        self.func = func
-        self._qualname = func.__qualname__
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Node:
-        return Node(self.func, self._qualname, args, kwargs)
-
-    def __repr__(self) -> str:
-        return f"<workflow function {self._qualname}>"
-
-
 class WorkflowClass:
     """A decorated class: calling it makes an :class:`ObjectNode` (a stateful node)."""
 
@@ -393,13 +401,33 @@ def workflow(func: Callable) -> Any:
     >>> node.name
     'six'
     """
-    if isinstance(func, (WorkflowFunction, WorkflowClass)):
+    if isinstance(func, WorkflowClass) or getattr(func, "__functionfuse__", False):
         return func
     if isinstance(func, type):
         return WorkflowClass(func)
     if not callable(func):
         raise NotANodeError(f"@workflow decorates functions and classes, not {type(func).__name__}")
-    return WorkflowFunction(func)
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+
+    # A plain closure: the cheapest call there is, and node creation is the hot path of building.
+    def make_node(*args: Any, **kwargs: Any) -> Node:
+        return Node(func, qualname, args, kwargs)
+
+    functools.update_wrapper(make_node, func)
+    make_node.func = func  # type: ignore[attr-defined]
+    make_node.__functionfuse__ = True  # type: ignore[attr-defined]
+    return make_node
 
 
 task = workflow
+
+# argument class -> 0 plain value, 1 node, 2 reference, 3 container that may hold nodes
+_ARG_KINDS: dict = {Node: 1, ObjectNode: 1, MethodNode: 1, Ref: 2, list: 3, tuple: 3, dict: 3, set: 3, frozenset: 3}
+_ARG_KINDS.update(dict.fromkeys(_ATOMS, 0))
+
+
+def _classify(cls: type) -> int:
+    """The argument kind of instances of ``cls``, remembered per class."""
+    kind = 1 if issubclass(cls, Node) else 2 if issubclass(cls, Ref) else 3 if issubclass(cls, _CONTAINERS) else 0
+    _ARG_KINDS[cls] = kind
+    return kind

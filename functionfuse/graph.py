@@ -7,6 +7,7 @@ creation, which is topological because a node's arguments exist before it.
 
 from __future__ import annotations
 
+import operator
 import re
 from typing import Iterable
 
@@ -68,8 +69,7 @@ def closure(leaves: Iterable[Node]) -> list[Node]:
     return order
 
 
-def _seq_of(node: Node) -> int:
-    return node.seq
+_seq_of = operator.attrgetter("seq")
 
 
 def find_nodes(nodes: Iterable[Node], pattern: str | None = None) -> list[Node]:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from functionfuse.errors import NodeExecutionError
-from functionfuse.frontend import MethodNode, Node, ObjectNode, resolve_args
+from functionfuse.frontend import MethodNode, Node, ObjectNode, Ref, resolve_args
 from functionfuse.markers import hookimpl
 from functionfuse.workflow import Workflow
 
@@ -98,10 +98,17 @@ class LocalWorkflow(Workflow):
         attrs = self.node_attrs
         prepare = hooks.prepare
         for node in self.nodes:
-            if node.argmode:
-                args, kwargs = resolve_args(node, results)
-            else:
+            mode = node.argmode
+            if mode == 1:  # inlined resolve_args: the common case of top-level positional dependencies
+                args = list(node.args)
+                for position in node.slots:
+                    a = args[position]
+                    args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
+                kwargs = node.kwargs
+            elif mode == 0:
                 args, kwargs = node.args, node.kwargs
+            else:
+                args, kwargs = resolve_args(node, results)
             try:
                 if attrs and node in attrs:
                     for call in prepare(node):
