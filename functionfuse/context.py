@@ -86,6 +86,8 @@ class RunHooks:
         self._save = _live(pm, "ff_storage_save")
         self._read = _live(pm, "ff_storage_read")
         self.plain_execute = self._execute is None
+        #: False when only the built-in node plugins prepare nodes (then only nodes with attributes need it)
+        self.prepares_every_node = self._prepare is not None
 
     # -- run -----------------------------------------------------------------
     def before_run(self) -> None:

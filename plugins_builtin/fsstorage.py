@@ -57,6 +57,7 @@ class FileStorage(Storage):
         root = fs._strip_protocol(path) if not self.local else os.path.abspath(path)
         self.root = root.rstrip("/") or "/"
         self._made: set[str] = set()
+        self._used_serializers: dict = {}
 
     def __repr__(self) -> str:
         return f"<FileStorage kind={self.kind!r} root={self.root!r}>"
@@ -137,8 +138,11 @@ class FileStorage(Storage):
                     return None
                 number = len(written)
                 written.append(number)
-                if number == 0 and storage.fs.exists(data_dir):
-                    storage.fs.rm(data_dir, recursive=True)
+                storage._used_serializers[serializer.name] = serializer  # so this storage can read it back
+                if number == 0:
+                    if storage.fs.exists(data_dir):
+                        storage.fs.rm(data_dir, recursive=True)
+                    storage.fs.makedirs(data_dir, exist_ok=True)
                 try:
                     token = serializer.write(item, storage.fs, f"{data_dir}/{number}")
                 except Exception as exc:
@@ -164,6 +168,8 @@ class FileStorage(Storage):
         for serializer in self.serializers:
             if serializer.name == name:
                 return serializer
+        if name in self._used_serializers:
+            return self._used_serializers[name]
         from functionfuse.manager import get_plugin_manager, load_target, registrations
 
         registration = registrations(get_plugin_manager(), "ff_serializers").get(name)

@@ -97,6 +97,7 @@ class LocalWorkflow(Workflow):
         results: dict = {}
         attrs = self.node_attrs
         prepare = hooks.prepare
+        prepare_every_node = hooks.prepares_every_node
         for node in self.nodes:
             mode = node.argmode
             if mode == 1:  # inlined resolve_args: the common case of top-level positional dependencies
@@ -110,7 +111,7 @@ class LocalWorkflow(Workflow):
             else:
                 args, kwargs = resolve_args(node, results)
             try:
-                if attrs and node in attrs:
+                if prepare_every_node or (attrs and node in attrs):
                     for call in prepare(node):
                         call()
                 results[node] = node.func(*args, **kwargs) if kwargs else node.func(*args)
