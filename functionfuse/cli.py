@@ -94,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         storage=storage,
         plugins=plugins,
         disable=args.disable or (),
-        trace=True if args.trace else None,
+        trace=(os.environ.get("FUNCTIONFUSE_TRACE") or True) if args.trace else None,
     )
     values = result if len(nodes) > 1 else [result]
     for node, value in zip(nodes, values):
