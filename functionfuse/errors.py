@@ -82,3 +82,11 @@ class InvalidOptionError(FunctionFuseError, ValueError):
 
 class PluginError(FunctionFuseError):
     """A plugin could not be loaded or registered."""
+
+
+class RunRecordNotFoundError(FunctionFuseError, LookupError):
+    """A workflow has no saved run record (or none with the requested run id), or it is unreadable."""
+
+
+class GraphvizNotFoundError(FunctionFuseError):
+    """The graphviz ``dot`` program, which draws workflow graphs, is not installed."""

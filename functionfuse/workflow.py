@@ -25,6 +25,9 @@ class Workflow:
     :param plugins: extra plugins for this workflow's runs.
     :param disable: plugin names to block for this workflow's runs.
     :param trace: log every hook call (``True`` or ``"json"``); default ``FUNCTIONFUSE_TRACE``.
+    :param record: keep a run record (``plugins_builtin.runrecord``); default: only when storage is set,
+        so a run without storage pays nothing per node. The last record is ``self.run_record``.
+    :param progress: show a progress bar on a terminal (``True``, or a ``ProgressPlugin`` instance).
     """
 
     backend_name = "base"
@@ -38,6 +41,8 @@ class Workflow:
         plugins: Iterable[Any] = (),
         disable: Iterable[str] = (),
         trace: bool | str | None = None,
+        record: bool | None = None,
+        progress: Any = False,
     ):
         self.leaves = graph.as_leaves(nodes, where=f"{type(self).__name__}({workflow_name!r})")
         self.workflow_name = validate_name(workflow_name, "workflow")
@@ -47,6 +52,10 @@ class Workflow:
         self._plugins = tuple(plugins)
         self._disable = tuple(disable)
         self._trace = trace
+        self.record = record
+        self.progress = progress
+        #: the record of the last run (a dict) when recording was on; see ``plugins_builtin.runrecord``
+        self.run_record: dict | None = None
 
     # -- plugins ------------------------------------------------------------
     @property
@@ -55,6 +64,25 @@ class Workflow:
         from .manager import get_plugin_manager
 
         return get_plugin_manager(self._plugins, self._disable, self._trace)
+
+    def _run_plugin_manager(self) -> pluggy.PluginManager:
+        """The manager of one run: the workflow's plugins, plus recording and progress when they are on.
+
+        They are added here rather than listed in ``DEFAULT_PLUGINS`` because their per-node hooks
+        would make every run take the hook path; a plain run without storage keeps the fast loop.
+        """
+        extra: tuple = ()
+        if self.record if self.record is not None else self.storage is not None:
+            extra += ("plugins_builtin.runrecord",)
+        if self.progress:
+            from plugins_builtin.progress import as_progress_plugin
+
+            extra += (as_progress_plugin(self.progress),)
+        if not extra:
+            return self.plugin_manager
+        from .manager import get_plugin_manager
+
+        return get_plugin_manager(self._plugins + extra, self._disable, self._trace)
 
     def new_run(self) -> tuple[RunContext, RunHooks]:
         """A fresh context and hook façade for one run; checks names when storage is set."""
@@ -66,7 +94,7 @@ class Workflow:
             storage=self.storage,
             order=self.nodes,
             leaves=self.leaves,
-            pm=self.plugin_manager,
+            pm=self._run_plugin_manager(),
         )
         if self.storage is not None:
             bind_storage(self.storage, context.pm)
@@ -123,6 +151,19 @@ class Workflow:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.workflow_name!r}: {len(self.nodes)} nodes>"
+
+    # -- notebooks: a workflow displays as its graph (coloured by the last run when there is a record)
+    def _repr_svg_(self) -> str | None:
+        from plugins_builtin.graphback import notebook_svg
+
+        return notebook_svg(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict:
+        svg = self._repr_svg_()
+        bundle = {"text/plain": repr(self)}
+        if svg is not None:
+            bundle["image/svg+xml"] = svg
+        return bundle
 
 
 _EMPTY: dict = {}

@@ -9,4 +9,5 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins_builtin.nodeplugins",
     "plugins_builtin.fsstorage",
     "plugins_builtin.localback",
+    "plugins_builtin.graphback",
 )
