@@ -1,0 +1,25 @@
+"""Errors of the raydag addon.
+
+They derive from :class:`functionfuse.errors.FunctionFuseError` like every
+functionfuse error; they live here because a third-party distribution
+cannot add classes to the core's ``functionfuse/errors.py``.
+"""
+
+from __future__ import annotations
+
+from functionfuse.errors import FunctionFuseError
+
+
+class WorkflowNotFoundError(FunctionFuseError, KeyError):
+    """No raydag workflow of that name was ever run against the storage."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+class WorkflowNotFinishedError(FunctionFuseError):
+    """The output of a workflow was asked for before it finished successfully."""
+
+
+class WorkflowRunningError(FunctionFuseError):
+    """The workflow is being run by another live driver, so it cannot be run or resumed now."""

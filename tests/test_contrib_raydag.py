@@ -1,0 +1,460 @@
+"""The raydag addon (contrib/raydag): durable Ray workflows, installed as a third-party plugin.
+
+Needs ``pip install -e contrib/raydag``. One local Ray cluster serves the whole module;
+the kill-and-resume test connects a second driver (a subprocess) to it and kills it.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import functionfuse_raydag as raydag
+
+import functionfuse
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.errors import InvalidOptionError, NodeExecutionError, SerializationError
+from functionfuse.storage import as_storage, storage_factory
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster for the module (ray.init takes seconds); yields its GCS address."""
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="ffrd", dir="/tmp")  # Ray's socket paths must stay short
+    context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    yield context.address_info["gcs_address"]
+    ray.shutdown()
+
+
+@pytest.fixture
+def store(tmp_path):
+    return storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+
+
+# ---------------------------------------------------------------------------
+# workflow functions (module level: Ray pickles them by value from the test module)
+# ---------------------------------------------------------------------------
+
+
+@workflow
+def add(a, b):
+    return a + b
+
+
+@workflow
+def split(x):
+    return x, x * 10, {"half": x / 2}
+
+
+@workflow
+def total(values, extra=0):
+    return sum(values) + extra
+
+
+@workflow
+def fail(x):
+    raise ValueError(f"bad input {x}")
+
+
+@workflow
+def record(label, folder, value):
+    with open(os.path.join(folder, label), "a") as handle:
+        handle.write("ran\n")
+    return value
+
+
+@workflow
+class Counter:
+    def __init__(self, start):
+        self.value = start
+
+    def add(self, n):
+        self.value += n
+        return self.value
+
+
+@workflow
+def peek(counter, plus):
+    return counter.value + plus
+
+
+def _graph():
+    n1 = add(1, 1).set_name("node1")
+    n2 = add(n1, 1).set_name("node2")
+    parts = split(n2).set_name("parts")
+    n3 = add(parts[0], parts[2]["half"]).set_name("node3")
+    n4 = total([parts[1], n3, {"k": n1}["k"]], extra=n2).set_name("node4")
+    return n4
+
+
+def _counts(folder) -> dict:
+    return {name: open(os.path.join(folder, name)).read().count("ran") for name in os.listdir(folder)}
+
+
+# ---------------------------------------------------------------------------
+# found as a third-party plugin
+# ---------------------------------------------------------------------------
+
+
+def test_registered_through_entry_point_and_import_paths():
+    points = [ep for ep in importlib.metadata.entry_points(group="functionfuse") if ep.name == "raydag"]
+    assert [ep.value for ep in points] == ["functionfuse_raydag.plugin"]
+    assert "raydag" in functionfuse.api.backend_names()
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    assert RayWorkflow is functionfuse.backend_class("raydag") is raydag.RayWorkflow
+    assert RayWorkflow.backend_name == "raydag"
+    from functionfuse.workflow import Workflow
+
+    assert issubclass(RayWorkflow, Workflow)
+
+
+# ---------------------------------------------------------------------------
+# running
+# ---------------------------------------------------------------------------
+
+
+def test_run_indexed_outputs_storage_object(ray_cluster, store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    expected = LocalWorkflow(_graph(), workflow_name="local").run()
+    wf = RayWorkflow(_graph(), workflow_name="ops")
+    wf.set_storage(store)
+    assert wf.run() == expected == 30 + 4.5 + 2 + 3
+    assert store.list_tasks("ops") == ["node1", "node2", "node3", "node4", "parts"]
+    assert store.read_task("ops", "parts") == (3, 30, {"half": 1.5})
+    assert raydag.get_status("ops", store) == "SUCCESSFUL"
+
+
+def test_functionfuse_run_with_url_storage(ray_cluster, tmp_path):
+    folder = tmp_path / "by-url"
+    url = f"file:{folder}"
+    assert functionfuse.run(_graph(), backend="raydag", workflow_name="u1", storage=url) == 39.5
+    assert (folder / "u1" / "node4.ffr").exists()
+    triple = f"file://{tmp_path / 'by-url3'}"
+    assert functionfuse.run(_graph(), backend="raydag", workflow_name="u3", storage=triple) == 39.5
+    assert raydag.get_output("u3", triple) == 39.5
+    assert (tmp_path / "by-url3" / "u3" / "node4.ffr").exists()
+
+
+def test_status_output_list_all_delete(ray_cluster, store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    first, second = add(2, 3).set_name("a"), add(4, 5).set_name("b")
+    wf = RayWorkflow(first, second, workflow_name="two-leaves")
+    wf.set_storage(store)
+    assert wf.run() == [5, 9]
+    LocalWorkflow(add(0, 0), workflow_name="not-raydag").set_storage(store).run()
+    with pytest.raises(NodeExecutionError):
+        wf2 = RayWorkflow(fail(1).set_name("broken"), workflow_name="bad")
+        wf2.set_storage(store)
+        wf2.run()
+
+    assert raydag.get_status("two-leaves", store) == "SUCCESSFUL"
+    assert raydag.get_output("two-leaves", store) == [5, 9]
+    assert RayWorkflow.get_output("two-leaves", store) == [5, 9]  # also as static methods
+    assert RayWorkflow.get_status("bad", store) == "FAILED"
+    assert raydag.list_all(store) == [("bad", "FAILED"), ("two-leaves", "SUCCESSFUL")]  # not the local one
+    assert raydag.list_all(store, status_filter="FAILED") == [("bad", "FAILED")]
+    meta = raydag.get_metadata("bad", store)
+    assert meta["status"] == "FAILED" and "bad input 1" in meta["error"] and meta["pid"] == os.getpid()
+    assert raydag.resume("two-leaves", store) == [5, 9]  # finished: its output, nothing run
+    raydag.delete("bad", store)
+    assert raydag.list_all(store) == [("two-leaves", "SUCCESSFUL")]
+
+
+def test_default_storage_from_environment(ray_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("FUNCTIONFUSE_RAYDAG_STORAGE", str(tmp_path / "default"))
+    assert functionfuse.run(add(40, 2).set_name("answer"), backend="raydag", workflow_name="env") == 42
+    assert (tmp_path / "default" / "env" / "answer.ffr").exists()
+    assert raydag.get_status("env") == "SUCCESSFUL" and raydag.get_output("env") == 42
+
+
+def test_node_failure_names_node_and_is_recorded(ray_cluster, store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    good = add(1, 2).set_name("good")
+    broken = fail(good).set_name("broken")
+    downstream = add(broken, 1).set_name("downstream")
+    wf = RayWorkflow(downstream, workflow_name="failing")
+    wf.set_storage(store)
+    with pytest.raises(NodeExecutionError) as info:
+        wf.run()
+    error = info.value
+    assert error.node_name == "broken" and error.workflow_name == "failing"  # not the downstream node
+    assert "'broken'" in str(error) and "bad input 3" in str(error)
+    assert isinstance(error.__cause__, ValueError) and str(error.__cause__) == "bad input 3"
+    assert raydag.get_status("failing", store) == "FAILED"
+    assert store.list_tasks("failing") == ["good"]  # finished before the failure: kept
+    with pytest.raises(raydag.WorkflowNotFinishedError, match="'failing' is FAILED.*bad input 3"):
+        raydag.get_output("failing", store)
+
+
+def test_rerun_same_name_recomputes_only_missing(ray_cluster, store, tmp_path):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    folder = tmp_path / "records"
+    folder.mkdir()
+
+    def build():
+        a = record("a", str(folder), 1).set_name("a")
+        b = record("b", str(folder), a).set_name("b")
+        return record("c", str(folder), b).set_name("c")
+
+    wf = RayWorkflow(build(), workflow_name="again")
+    wf.set_storage(store)
+    assert wf.run() == 1
+    store.remove_task("again", "b")
+    wf = RayWorkflow(build(), workflow_name="again")
+    wf.set_storage(store)
+    assert wf.run() == 1
+    assert _counts(folder) == {"a": 1, "b": 2, "c": 1}
+
+
+def test_stateful_nodes(ray_cluster, store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    def build():
+        start = add(1, 1).set_name("start")
+        counter = Counter(start).set_name("counter")
+        c1 = counter.add(2).set_name("c1")
+        seen = peek(counter, 100).set_name("seen")  # the object itself, after c1
+        c2 = counter.add(c1).set_name("c2")  # the previous call's value as an argument
+        c3 = counter.add(seen).set_name("c3")
+        return c2, c3, seen
+
+    expected = LocalWorkflow(*build(), workflow_name="local").run()
+    wf = RayWorkflow(*build(), workflow_name="stateful")
+    wf.set_storage(store)
+    assert wf.run() == expected == [8, 112, 104]
+    store.remove_task("stateful", "c2")  # the chain is replayed up to c2; c3 is read back
+    wf = RayWorkflow(*build(), workflow_name="stateful")
+    wf.set_storage(store)
+    assert wf.run() == expected
+
+
+def test_plugins_remote_args_and_hooks(ray_cluster, store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+    from functionfuse.backends.plugins import InitializerPlugin
+
+    @workflow
+    def read_env(name):
+        return os.environ.get(name)
+
+    class Recorder:
+        name = "raydag-test-recorder"
+
+        def __init__(self):
+            self.events = []
+
+        @functionfuse.hookimpl
+        def ff_before_node(self, node):
+            self.events.append(("before", node.name))
+
+        @functionfuse.hookimpl
+        def ff_after_node(self, node, info):
+            self.events.append(("after", node.name, info["host"] is not None))
+
+        @functionfuse.hookimpl
+        def ff_node_restored(self, node):
+            self.events.append(("restored", node.name))
+
+    recorder = Recorder()
+    leaf = read_env("FF_RAYDAG_INIT").set_name("env")
+    wf = RayWorkflow(leaf, workflow_name="plugged", plugins=[recorder])
+    wf.set_plugin("^env$", InitializerPlugin(lambda: os.environ.__setitem__("FF_RAYDAG_INIT", "set-in-worker")))
+    wf.query("^env$").set_remote_args({"num_cpus": 1})
+    wf.set_storage(store)
+    assert wf.run() == "set-in-worker"
+    assert recorder.events == [("before", "env"), ("after", "env", True)]
+    wf.run()
+    assert recorder.events[-1] == ("restored", "env")
+
+
+def test_independent_nodes_run_in_parallel(ray_cluster, tmp_path):
+    @workflow
+    def meet(me, other, folder):
+        # Each waits for the other to arrive: only a parallel run can finish.
+        open(os.path.join(folder, me), "w").close()
+        deadline = time.time() + 60
+        while not os.path.exists(os.path.join(folder, other)):
+            if time.time() > deadline:
+                raise TimeoutError(f"{me} never met {other}: the nodes did not run in parallel")
+            time.sleep(0.02)
+        return me
+
+    folder = str(tmp_path)
+    left, right = meet("left", "right", folder), meet("right", "left", folder)
+    leaf = add(left, right)
+    assert functionfuse.run(leaf, backend="raydag", workflow_name="meet", storage=tmp_path / "st") == "leftright"
+
+
+# ---------------------------------------------------------------------------
+# a driver killed mid-run, then resumed
+# ---------------------------------------------------------------------------
+
+DRIVER_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import functionfuse
+    from functionfuse import workflow
+
+    storage_path, record_dir, address = sys.argv[1:4]
+
+    @workflow
+    def step(x, label):
+        # One line per execution, written first: a node killed before its save still shows it ran.
+        with open(os.path.join(record_dir, label), "a") as handle:
+            handle.write("ran\\n")
+        time.sleep(0.6)
+        return x + 1
+
+    @workflow
+    def join(a, b):
+        with open(os.path.join(record_dir, "join"), "a") as handle:
+            handle.write("ran\\n")
+        return a * 100 + b
+
+    chain = step(0, "s0").set_name("s0")
+    for i in range(1, 6):
+        chain = step(chain, f"s{i}").set_name(f"s{i}")
+    side = step(10, "side").set_name("side")
+    leaf = join(chain, side).set_name("join")
+    functionfuse.run(leaf, backend="raydag", workflow_name="killed", storage=storage_path,
+                     ray_init_args={"address": address})
+    """
+)
+
+
+def test_killed_driver_resumes_computing_only_unsaved_nodes(ray_cluster, tmp_path):
+    storage_path = tmp_path / "storage"
+    records_dir = tmp_path / "records"
+    records_dir.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_SCRIPT)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    driver = subprocess.Popen(
+        [sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    results = storage_path / "killed"
+    deadline = time.time() + 90
+    try:
+        while not (results / "s1.ffr").exists():  # s0, s1 saved; s2 on its way
+            assert driver.poll() is None, driver.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the driver never saved s1"
+            time.sleep(0.02)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        driver.stderr.close()
+
+    assert raydag.get_status("killed", storage_path) == "RESUMABLE"  # recorded RUNNING, driver dead
+    assert ("killed", "RESUMABLE") in raydag.list_all(storage_path)
+    time.sleep(1.0)  # Ray stops the dead driver's tasks; let it, so the snapshot below is final
+    saved_before = set(as_storage(str(storage_path)).list_tasks("killed"))
+    runs_before = _counts(records_dir)
+    assert {"s0", "s1"} <= saved_before and "join" not in saved_before
+
+    assert raydag.resume("killed", str(storage_path)) == 6 * 100 + 11  # no script: the stored plan
+    runs_after = _counts(records_dir)
+    every = {"s0", "s1", "s2", "s3", "s4", "s5", "side", "join"}
+    assert set(runs_after) == every
+    for name in every:
+        again = runs_after[name] - runs_before.get(name, 0)
+        assert again == (0 if name in saved_before else 1), (name, saved_before, runs_before, runs_after)
+    assert raydag.get_status("killed", storage_path) == "SUCCESSFUL"
+    assert raydag.get_metadata("killed", storage_path)["runs"] == 2
+
+
+# ---------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------
+
+
+def test_bad_ray_init_args():
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    with pytest.raises(InvalidOptionError, match="workflow 'w'.*ray_init_args must be a dict"):
+        RayWorkflow(add(1, 2), workflow_name="w", ray_init_args="auto")
+
+
+def test_bad_remote_args(ray_cluster, store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    wf = RayWorkflow(add(1, 2).set_name("n"), workflow_name="opts")
+    with pytest.raises(InvalidOptionError, match="remote_args for nodes 'n' must be a dict"):
+        wf.query("^n$").set_remote_args(["num_cpus", 1])
+    wf.query("^n$").set_remote_args({"num_cpu": 1})
+    wf.set_storage(store)
+    with pytest.raises(InvalidOptionError, match="remote_args .* of node 'n' are not valid Ray options.*num_cpu"):
+        wf.run()
+    assert raydag.get_status("opts", store) == "FAILED"
+    wf.query("^n$").set_remote_args({"num_returns": 3})
+    with pytest.raises(InvalidOptionError, match="node 'n' may not set num_returns"):
+        wf.run()
+
+
+def test_unpicklable_argument_names_workflow(store):
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    wf = RayWorkflow(add(threading.Lock(), 1), workflow_name="locked")
+    wf.set_storage(store)
+    with pytest.raises(SerializationError, match="raydag workflow 'locked'.*cannot be pickled"):
+        wf.run()
+
+
+def test_unknown_workflow_and_bad_filter(store):
+    with pytest.raises(raydag.WorkflowNotFoundError, match="no workflow 'nope'"):
+        raydag.get_status("nope", store)
+    with pytest.raises(raydag.WorkflowNotFoundError, match="no workflow 'nope'"):
+        raydag.resume("nope", store)
+    with pytest.raises(raydag.WorkflowNotFoundError, match="no workflow 'nope'"):
+        raydag.get_output("nope", store)
+    with pytest.raises(InvalidOptionError, match=r"status_filter.*\['DONE'\]"):
+        raydag.list_all(store, status_filter="DONE")
+
+
+def test_refuses_workflow_run_by_live_driver(store):
+    from functionfuse_raydag import records
+
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        record = dict(records.driver_identity(), status="RUNNING", leaves=["n"], pid=other.pid)
+        record["proc_start"] = records._process_start(other.pid)
+        store.new_workflow("busy")
+        records.write_record(store, "busy", record)
+        assert raydag.get_status("busy", store) == "RUNNING"
+        wf = RayWorkflow(add(1, 2).set_name("n"), workflow_name="busy")
+        wf.set_storage(store)
+        with pytest.raises(
+            raydag.WorkflowRunningError, match=f"'busy' is being run by another driver \\(pid {other.pid}"
+        ):
+            wf.run()
+        with pytest.raises(raydag.WorkflowRunningError, match="'busy'"):
+            raydag.resume("busy", store)
+    finally:
+        other.kill()
+        other.wait()
+    assert raydag.get_status("busy", store) == "RESUMABLE"
