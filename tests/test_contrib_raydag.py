@@ -458,3 +458,21 @@ def test_refuses_workflow_run_by_live_driver(store):
         other.kill()
         other.wait()
     assert raydag.get_status("busy", store) == "RESUMABLE"
+
+
+# ---------------------------------------------------------------------------
+# the documentation's examples run
+# ---------------------------------------------------------------------------
+
+
+def _python_blocks(path) -> list[str]:
+    text = open(path).read()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+
+
+def test_readme_example_runs(ray_cluster, tmp_path):
+    readme = os.path.join(os.path.dirname(__file__), "..", "contrib", "raydag", "README.md")
+    example = next(block for block in _python_blocks(readme) if "RayWorkflow(" in block)
+    example = example.replace("/tmp/functionfuse-raydag-demo", str(tmp_path / "demo"))
+    exec(compile(example, "contrib/raydag/README.md", "exec"), {"__name__": "readme_example"})
+    assert (tmp_path / "demo" / "sums" / "node2.ffr").exists()
