@@ -1,0 +1,29 @@
+"""Entry point of the ``prefect`` backend (group ``functionfuse``).
+
+Loaded in every functionfuse run, so it must not import prefect: the backend
+is registered as a lazy ``"module:attribute"`` target.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functionfuse.markers import hookimpl
+
+BACKEND_NAME = "prefect"
+
+
+@hookimpl
+def ff_backends(register) -> None:
+    register(BACKEND_NAME, "functionfuse_prefect.backend:PrefectWorkflow")
+
+
+@hookimpl
+def ff_query_assign(nodes: list, key: str, value: Any, backend: Any) -> bool | None:
+    """Accept ``task_args`` on the prefect backend: a dict of ``prefect.task`` options."""
+    if key != "task_args" or getattr(backend, "backend_name", None) != BACKEND_NAME:
+        return None
+    from .backend import check_task_args
+
+    check_task_args(value, where=f"workflow {backend.workflow_name!r}, {len(nodes)} node(s)")
+    return True
