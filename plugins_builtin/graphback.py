@@ -158,7 +158,7 @@ def build_graph(
     for index, (obj, calls) in enumerate(clusters.items()):
         with dot.subgraph(name=f"cluster_{index}") as sub:
             sub.attr(
-                label=f"{obj.cls.__qualname__} {obj.name}" if obj.name != obj.cls.__qualname__ else obj.name,
+                label=obj.name if obj.name == obj.cls.__name__ else f"{obj.cls.__name__} {obj.name}",
                 style="rounded,dashed",
                 color=_CHAIN_COLOR,
                 fontcolor=_CHAIN_COLOR,
@@ -285,6 +285,11 @@ class GraphWorkflow(Workflow):
         """Draw to ``path`` (default ``<doc_path>/<workflow_name>.<format>``); returns the path written."""
         graphviz = _graphviz()
         fmt = format or self.format
+        if fmt not in graphviz.FORMATS:
+            raise InvalidOptionError(
+                f"GraphWorkflow({self.workflow_name!r}): format {fmt!r} is not a graphviz output format "
+                "(svg, png, pdf, dot, ...)"
+            )
         if path is None:
             os.makedirs(self.doc_path, exist_ok=True)
             path = os.path.join(self.doc_path, f"{self.workflow_name}.{fmt}")
@@ -297,8 +302,6 @@ class GraphWorkflow(Workflow):
             return dot.render(outfile=path, format=fmt, view=self.view, cleanup=True, quiet=True)
         except graphviz.ExecutableNotFound as exc:
             raise _dot_not_found() from exc
-        except ValueError as exc:  # an unknown format is refused before dot runs
-            raise InvalidOptionError(f"GraphWorkflow({self.workflow_name!r}): {exc}") from exc
         except graphviz.CalledProcessError as exc:
             raise InvalidOptionError(
                 f"GraphWorkflow({self.workflow_name!r}): dot could not draw {path!r}: "

@@ -1,0 +1,155 @@
+"""The graph backend, drawn with the real ``dot`` program, and the ``functionfuse graph`` command."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from graph_fixtures import QUICKSTART_SCRIPT, quickstart, read_svg, stateful
+
+import functionfuse
+from functionfuse import workflow
+from functionfuse.backends.builtin.graphback import GraphWorkflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.cli import main
+from functionfuse.errors import GraphvizNotFoundError, InvalidOptionError, MissingExtraError
+
+
+def test_quickstart_as_in_the_docs(tmp_path):
+    nodes = quickstart()
+    graph_workflow = GraphWorkflow(nodes["result"], workflow_name="plot_graph", doc_path=str(tmp_path))
+    path = graph_workflow.run()
+    assert path == os.path.join(str(tmp_path), "plot_graph.svg")
+    svg = read_svg(Path(path).read_text(encoding="utf-8"))
+    assert sorted(svg.nodes) == ["node1", "node2", "node3"]
+    assert sorted((e["from"], e["to"]) for e in svg.edges) == [("node1", "node2"), ("node1", "node3"),
+                                                                ("node2", "node3")]
+    assert all("data" in e["classes"] and not e["dashed"] for e in svg.edges)
+    assert svg.clusters == [] and svg.legend == []  # no run record: no colours, no legend
+    assert {n.fill for n in svg.nodes.values()} == {"#ffffff"}
+
+
+def test_stateful_chain_is_dashed_and_numbered_inside_a_cluster(tmp_path):
+    nodes = stateful()
+    path = GraphWorkflow(nodes["result"], workflow_name="stateful", doc_path=tmp_path).run()
+    svg = read_svg(Path(path).read_text(encoding="utf-8"))
+    assert sorted(svg.nodes) == sorted([
+        "four_minus_three", "IncrementalSum", "three_minus_one", "one_plus_two", "three_plus_two",
+        "five_plus_one", "six_minus_two",
+    ])
+    assert len(svg.edges) == 9  # the seed's digraph
+    chain = [e for e in svg.edges if "chain" in e["classes"]]
+    assert [(e["from"], e["to"], e["label"]) for e in chain] == [
+        ("IncrementalSum", "one_plus_two", "call 1"),
+        ("one_plus_two", "three_plus_two", "call 2"),
+        ("three_plus_two", "five_plus_one", "call 3"),
+    ]
+    assert all(e["dashed"] and e["stroke"] == "#6a1b9a" for e in chain)
+    data = [e for e in svg.edges if "data" in e["classes"]]
+    assert not any(e["dashed"] for e in data)
+    assert ("five_plus_one", "six_minus_two") in {(e["from"], e["to"]) for e in data}
+    assert svg.clusters == ["IncrementalSum"]
+    assert svg.nodes["one_plus_two"].texts == ["one_plus_two", ".add()"]
+
+
+def test_default_names_show_the_qualname_and_references_label_edges(tmp_path):
+    @workflow
+    def split(x):
+        return x, x + 1
+
+    @workflow
+    def join(a, b):
+        return a + b
+
+    pair = split(1)
+    leaf = join(pair[0], b=pair[1]).set_name("joined")
+    svg = read_svg(GraphWorkflow(leaf, workflow_name="refs", doc_path=tmp_path, rankdir="LR").svg())
+    default = next(n for n in svg.nodes.values() if n.name == pair.name)
+    assert default.texts[1] == pair.qualname  # a default name: the function is named on a second line
+    assert svg.nodes["joined"].texts == ["joined"]
+    assert [e["label"] for e in svg.edges] == ["[0], [1]"]
+    assert "rankdir=LR" in GraphWorkflow(leaf, workflow_name="refs", rankdir="LR").source
+
+
+def test_graph_backend_is_registered_and_imports_by_documented_path():
+    from plugins_builtin.graphback import GraphWorkflow as Builtin
+
+    assert GraphWorkflow is Builtin
+    assert functionfuse.backend_class("graph") is Builtin
+    assert "graph" in functionfuse.api.backend_names()
+
+
+def test_bad_options_name_the_workflow_and_option(tmp_path):
+    leaf = quickstart()["result"]
+    with pytest.raises(InvalidOptionError, match=r"GraphWorkflow\('g'\): rankdir must be one of .*'sideways'"):
+        GraphWorkflow(leaf, workflow_name="g", rankdir="sideways")
+    with pytest.raises(InvalidOptionError, match=r"GraphWorkflow\('g'\): format 'xyz' is not a graphviz output"):
+        GraphWorkflow(leaf, workflow_name="g", doc_path=tmp_path, format="xyz").run()
+    with pytest.raises(InvalidOptionError, match=r"GraphWorkflow\('g'\): run_record must be a run record dict"):
+        GraphWorkflow(leaf, workflow_name="g", run_record={"no": "nodes"})
+
+
+def test_missing_dot_program_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: the real lookup of 'dot' fails
+    wf = GraphWorkflow(quickstart()["result"], workflow_name="nodot", doc_path=tmp_path)
+    with pytest.raises(GraphvizNotFoundError) as info:
+        wf.run()
+    message = str(info.value)
+    assert "\n" not in message and "'dot' is not installed" in message and "apt install graphviz" in message
+    assert wf._repr_svg_() is None  # a notebook falls back to the text repr
+
+
+def test_module_imports_and_runs_without_the_graphviz_package(tmp_path):
+    # A fresh interpreter where importing graphviz fails: the default plugins still load and run.
+    code = (
+        "import sys; sys.modules['graphviz'] = None\n"
+        "import functionfuse\n"
+        "from functionfuse.backends.builtin.graphback import GraphWorkflow\n"
+        "from functionfuse.errors import MissingExtraError\n"
+        "@functionfuse.workflow\n"
+        "def add(a, b): return a + b\n"
+        "assert functionfuse.run(add(add(1, 2), 3)) == 6\n"
+        "try:\n"
+        "    GraphWorkflow(add(1, 2), workflow_name='x', doc_path=sys.argv[1]).run()\n"
+        "except MissingExtraError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert 'pip install "functionfuse[graph]"' in out.stdout
+    assert MissingExtraError.__name__  # the class the subprocess caught
+
+
+def test_workflow_displays_as_svg_in_a_notebook():
+    nodes = stateful()
+    wf = LocalWorkflow(nodes["result"], workflow_name="nb", record=True)
+    svg = read_svg(wf._repr_svg_())
+    assert len(svg.nodes) == 7 and {n.fill for n in svg.nodes.values()} == {"#ffffff"}
+    assert wf.run() == 4
+    bundle = wf._repr_mimebundle_()
+    assert bundle["text/plain"] == repr(wf)
+    after = read_svg(bundle["image/svg+xml"])  # coloured by the run just made
+    assert {n.fill for n in after.nodes.values()} == {"#c8e6c9"}
+    assert "nb (run " in after.title and after.title.endswith(": ok)")
+
+
+def test_cli_graph_writes_the_picture_and_reports_bad_input(tmp_path, capsys):
+    script = tmp_path / "quick.py"
+    script.write_text(QUICKSTART_SCRIPT)
+    out = tmp_path / "pics" / "quick.svg"
+    assert main(["graph", f"{script}:result_of_mult", "-o", str(out), "--rankdir", "LR"]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    svg = read_svg(out.read_text())
+    assert sorted(svg.nodes) == ["node1", "node2", "node3"] and len(svg.edges) == 3
+    assert main(["graph", f"{script}:result_of_mult", "-o", str(tmp_path / "quick.png")]) == 0
+    assert (tmp_path / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert main(["graph", f"{script}:result_of_mult", "-o", str(tmp_path / "noext")]) == 2
+    assert "give the file an extension" in capsys.readouterr().err
+    assert main(["graph", f"{script}:result_of_mult", "-o", str(out), "--run", "abc"]) == 2
+    assert "--run needs --storage" in capsys.readouterr().err
+    assert main(["graph", f"{script}:nothing", "-o", str(out)]) == 2
+    assert "defines no variable 'nothing'" in capsys.readouterr().err
