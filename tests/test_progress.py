@@ -131,3 +131,15 @@ def test_failures_and_read_back_counts_on_a_forced_console(tmp_path):
 def test_bad_progress_value_names_the_option():
     with pytest.raises(InvalidOptionError, match="progress must be True, False or a ProgressPlugin, got 'yes'"):
         LocalWorkflow(stateful()["result"], workflow_name="bad", progress="yes").run()
+
+
+def test_cli_run_draws_the_bar_on_a_terminal_only(tmp_path):
+    script = tmp_path / "chain.py"
+    script.write_text(SCRIPT.split("how, storage")[0])  # the nodes only; the command runs them
+    command = [sys.executable, "-m", "functionfuse", "run", f"{script}:node"]
+    out = _run_in_pty(command, str(tmp_path))
+    assert "12/12 nodes  0 read back  0 failed" in _plain(out) and "n11: 12" in out
+    quiet = _run_in_pty([*command, "--no-progress"], str(tmp_path))
+    assert _plain(quiet).strip() == "n11: 12"
+    piped = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=str(tmp_path))
+    assert piped.stdout == "n11: 12\n" and piped.stderr == ""
