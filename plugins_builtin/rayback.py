@@ -1,0 +1,635 @@
+"""The ``ray`` backend: every node is a Ray task, every stateful node a Ray actor.
+
+The driver submits the whole graph without blocking: a node's arguments are
+the ObjectRefs of its parents, so Ray moves results between workers and the
+driver only fetches what it asks for (the leaves, and a small record of each
+node's run). What runs where:
+
+* driver: ``ff_before_run``, ``ff_prepare_node`` (in run order; its local part),
+  ``ff_before_node`` (at submission), ``ff_after_node`` / ``ff_node_error`` /
+  ``ff_node_restored`` (as results arrive), ``ff_after_run``;
+* worker: the callables ``ff_prepare_node`` returned, the function, and the
+  save of its result (the storage object travels with the task; a ``ray``
+  storage saves in a task on the node holding its disk resource).
+
+>>> wf = RayWorkflow(node, workflow_name="sums", ray_init_args={"address": "auto"})  # doctest: +SKIP
+>>> wf.query("^node1$").set_remote_args({"num_cpus": 1})  # doctest: +SKIP
+>>> wf.run()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import weakref
+from collections.abc import Iterable
+from typing import Any
+
+from functionfuse.errors import InvalidOptionError, NodeExecutionError
+from functionfuse.frontend import Node, Ref, resolve_args
+from functionfuse.markers import hookimpl
+from functionfuse.workflow import Workflow
+
+__all__ = ["RayWorkflow", "check_resources", "ensure_ray", "validate_remote_args"]
+
+
+# ---------------------------------------------------------------------------
+# helpers shared with the ray storage
+# ---------------------------------------------------------------------------
+
+
+def ensure_ray(ray_init_args: dict | None = None) -> Any:
+    """Import ray and connect (``ray.init(**ray_init_args)``) unless Ray is initialised already."""
+    from functionfuse.errors import MissingExtraError
+
+    try:
+        import ray
+    except ModuleNotFoundError as exc:
+        raise MissingExtraError('the ray backend needs ray: run pip install "functionfuse[ray]"') from exc
+    if not ray.is_initialized():
+        ray.init(**(ray_init_args or {}))
+    return ray
+
+
+def validate_remote_args(remote_args: Any, where: str, actor: bool = False) -> dict:
+    """Check ``remote_args`` against the options ``ray.remote`` accepts; raise naming ``where``.
+
+    :param where: what the options are for, for the message (a node, a query, a storage).
+    :param actor: check actor options (stateful nodes) rather than task options.
+    """
+    if not isinstance(remote_args, dict):
+        raise InvalidOptionError(f"{where}: remote args must be a dict of ray.remote options, got {remote_args!r:.80}")
+    try:
+        from ray._common import ray_option_utils as options
+    except ImportError:  # ray not installed, or moved: accept the keys, ray checks them at submission
+        return remote_args
+    known = options.actor_options if actor else options.task_options
+    for key in remote_args:
+        if key not in known:
+            kind = "actor (stateful node)" if actor else "task"
+            raise InvalidOptionError(
+                f"{where}: {key!r} is not a ray.remote {kind} option; valid ones are {', '.join(sorted(known))}"
+            )
+    try:
+        if actor:
+            options.validate_actor_options(dict(remote_args), in_options=True)
+        else:
+            options.validate_task_options(dict(remote_args), in_options=True)
+    except (ValueError, TypeError) as exc:
+        raise InvalidOptionError(f"{where}: invalid remote args {remote_args!r}: {exc}") from exc
+    return remote_args
+
+
+def _requested_resources(remote_args: dict) -> dict:
+    wanted = dict(remote_args.get("resources") or {})
+    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
+        amount = remote_args.get(option)
+        if amount:
+            wanted[resource] = amount
+    return wanted
+
+
+def check_resources(ray: Any, requests: Iterable[tuple[str, dict]]) -> None:
+    """Refuse, before anything is submitted, a request no node of the cluster can satisfy.
+
+    Ray would keep such a task pending forever; this names it instead.
+
+    :param requests: ``(what, remote_args)`` pairs; ``what`` names the node or storage.
+    """
+    nodes = None
+    for what, remote_args in requests:
+        wanted = _requested_resources(remote_args)
+        if not wanted:
+            continue
+        if nodes is None:
+            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        if any(all(have.get(r, 0) >= amount for r, amount in wanted.items()) for have in nodes):
+            continue
+        for resource, amount in wanted.items():
+            best = max((have.get(resource, 0) for have in nodes), default=0)
+            if best < amount:
+                raise InvalidOptionError(
+                    f"{what} asks for {amount} of resource {resource!r}, but no node of the Ray cluster has "
+                    f"{'it' if best == 0 else f'more than {best}'}; the cluster has: "
+                    f"{', '.join(sorted(ray.cluster_resources()))}"
+                )
+        raise InvalidOptionError(
+            f"{what} asks for {wanted}, which no single node of the Ray cluster has together"
+        )
+
+
+# ---------------------------------------------------------------------------
+# the worker side
+# ---------------------------------------------------------------------------
+
+_where: tuple | None = None
+
+
+def _location() -> tuple:
+    """(pid, host, Ray node id) of this worker, computed once per process."""
+    global _where
+    if _where is None:
+        import ray
+
+        _where = (os.getpid(), socket.gethostname(), ray.get_runtime_context().get_node_id())
+    return _where
+
+
+class _Template:
+    """A node's arguments with every dependency replaced by ``Ref(index, keys)``.
+
+    The worker rebuilds the arguments with :func:`functionfuse.frontend.resolve_args`
+    over the tuple of resolved values, so nested nodes and ``node[i]`` need no graph.
+    """
+
+    __slots__ = ("argmode", "args", "kwargs", "slots")
+
+    def __init__(self, argmode: int, args: Any, kwargs: dict, slots: tuple):
+        self.argmode = argmode
+        self.args = args
+        self.kwargs = kwargs
+        self.slots = slots
+
+    def __getstate__(self) -> tuple:
+        return (self.argmode, self.args, self.kwargs, self.slots)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.argmode, self.args, self.kwargs, self.slots = state
+
+
+def _tag(exc: BaseException, name: str) -> None:
+    # The node's name rides on the exception through Ray, so the driver names the
+    # node that raised even when only a descendant's result reports the error.
+    if getattr(exc, "_ff_node", None) is None:
+        with contextlib.suppress(Exception):  # an exception type that refuses attributes keeps its message only
+            exc._ff_node = name  # type: ignore[attr-defined]
+
+
+def _call_with_spec(func: Any, spec: tuple, values: tuple, extra: Any = None) -> tuple:
+    """Run one node from its spec ``(name, template, callables, save)``; return ``(meta, value)``."""
+    name, template, callables, save = spec
+    start = time.time()
+    began = time.perf_counter()
+    try:
+        if template is None:
+            args, kwargs = values, {}
+        else:
+            args, kwargs = resolve_args(template, values)
+        for call in callables:
+            call()
+        value = func(*args, **kwargs) if kwargs else func(*args)
+    except BaseException as exc:
+        _tag(exc, name)
+        raise
+    duration = time.perf_counter() - began
+    pid, host, node_id = _location()
+    saved_on = None
+    if save is not None:
+        storage, workflow_name, always_read = save
+        try:
+            storage.save(workflow_name, name, value)
+            if always_read:
+                value = storage.read_task(workflow_name, name)
+        except BaseException as exc:
+            _tag(exc, name)
+            raise
+        saved_on = node_id
+    return (start, duration, pid, host, node_id, saved_on), value
+
+
+def _task_body(func: Any) -> Any:
+    """The function a Ray task runs for nodes calling ``func``; one per function, exported once."""
+
+    def body(spec: Any, *values: Any) -> tuple:
+        if spec.__class__ is str:  # the short path: arguments as given, nothing else to do
+            start = time.time()
+            began = time.perf_counter()
+            try:
+                value = func(*values)
+            except BaseException as exc:
+                _tag(exc, spec)
+                raise
+            pid, host, node_id = _where or _location()
+            return (start, time.perf_counter() - began, pid, host, node_id, None), value
+        return _call_with_spec(func, spec, values)
+
+    body.__name__ = getattr(func, "__name__", "node")
+    body.__qualname__ = getattr(func, "__qualname__", body.__name__)
+    return body
+
+
+class StatefulNodeActor:
+    """The Ray actor behind a stateful node: it holds the instance and runs its method calls in order."""
+
+    def __init__(self, cls: type, spec: tuple, *values: Any):
+        self.cls = cls
+        self.instance = None
+        self.error: BaseException | None = None
+        # A failing constructor is kept and reported by ready(), so the driver gets the original exception.
+        try:
+            self.meta, self.instance = _call_with_spec(cls, spec, values)
+        except Exception as exc:  # noqa: BLE001 - reported by ready() and every call
+            self.error = exc
+
+    def ready(self) -> tuple:
+        if self.error is not None:
+            raise self.error
+        return self.meta
+
+    def call(self, method_name: str, spec: tuple, *values: Any) -> tuple:
+        if self.error is not None:
+            raise self.error
+        return _call_with_spec(getattr(self.cls, method_name), spec, (self.instance, *values))
+
+    def snapshot(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.instance
+
+
+def _read_stored(storage: Any, workflow_name: str, task_name: str) -> Any:
+    return storage.read_task(workflow_name, task_name)
+
+
+# ---------------------------------------------------------------------------
+# the driver side
+# ---------------------------------------------------------------------------
+
+# One ray.remote per function, reused across runs (Ray re-exports it to a new cluster by itself).
+_remote_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_remote_plain: dict = {}
+
+
+def _remote_for(ray: Any, func: Any) -> Any:
+    try:
+        remote = _remote_cache.get(func)
+    except TypeError:  # not weak-referenceable
+        remote = _remote_plain.get(func)
+        if remote is None:
+            remote = _remote_plain[func] = ray.remote(max_retries=0, num_returns=2)(_task_body(func))
+        return remote
+    if remote is None:
+        remote = _remote_cache[func] = ray.remote(max_retries=0, num_returns=2)(_task_body(func))
+    return remote
+
+
+_helpers: dict = {}
+
+
+def _helper(ray: Any, name: str) -> Any:
+    remote = _helpers.get(name)
+    if remote is None:
+        if name == "actor":
+            remote = ray.remote(max_restarts=0)(StatefulNodeActor)
+        else:
+            remote = ray.remote(max_retries=0)(_read_stored)
+        _helpers[name] = remote
+    return remote
+
+
+class _Placeholders(dict):
+    """Node -> ``Ref(index, ())``, numbering each dependency on first use."""
+
+    __slots__ = ("order",)
+
+    def __init__(self, seed: dict | None = None):
+        super().__init__(seed or {})
+        self.order: list = []
+
+    def __missing__(self, node: Node) -> Ref:
+        ref = self[node] = Ref(len(self), ())
+        self.order.append(node)
+        return ref
+
+
+class _Failure(Exception):
+    """Internal: the first failed node of a run, found while collecting results."""
+
+    def __init__(self, node: Node, error: BaseException):
+        self.node = node
+        self.error = error
+
+
+class RayWorkflow(Workflow):
+    """Run the workflow on a Ray cluster: nodes as tasks, stateful nodes as actors.
+
+    :param nodes: one or more leaf nodes.
+    :param workflow_name: the name results are stored under.
+    :param ray_init_args: arguments for ``ray.init()``, used when Ray is not initialised yet
+        (``{"address": "auto"}`` joins a running cluster).
+    :param kwargs: the :class:`functionfuse.workflow.Workflow` options (``plugins``, ``disable``, ...).
+
+    >>> wf = RayWorkflow(n3, workflow_name="ops", ray_init_args={"address": "auto"})  # doctest: +SKIP
+    >>> wf.query("^node1$").set_remote_args({"num_cpus": 1, "resources": {"custom_resource": 0.1}})  # doctest: +SKIP
+    >>> wf.run()  # doctest: +SKIP
+    """
+
+    backend_name = "ray"
+    query_keys = frozenset({"plugins", "remote_args"})
+
+    def __init__(self, *nodes: Node, workflow_name: str = "workflow", ray_init_args: dict | None = None, **kwargs: Any):
+        super().__init__(*nodes, workflow_name=workflow_name, **kwargs)
+        if ray_init_args is not None and not isinstance(ray_init_args, dict):
+            raise InvalidOptionError(
+                f"RayWorkflow({workflow_name!r}): ray_init_args must be a dict of ray.init arguments, "
+                f"got {type(ray_init_args).__name__}"
+            )
+        self.ray_init_args = dict(ray_init_args or {})
+
+    # -- running ------------------------------------------------------------------
+    def run(self, return_results: bool = True, max_pending_tasks: int = 0) -> Any:
+        """Submit every node not already stored, wait for them, and return the leaves.
+
+        :param return_results: ``True``: the leaf's value (a list for several leaves);
+            ``False``: their ``ray.ObjectRef``\\ s, without fetching the values to the driver
+            (the run still waits for every node, so errors and saves are complete).
+        :param max_pending_tasks: at most this many nodes in flight at once (``0``: no bound).
+        """
+        if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
+            raise InvalidOptionError(
+                f"RayWorkflow({self.workflow_name!r}).run: max_pending_tasks must be an int >= 0, "
+                f"got {max_pending_tasks!r}"
+            )
+        ray = ensure_ray(self.ray_init_args)
+        self._check_cluster(ray)
+        context, hooks = self.new_run()
+        hooks.before_run()
+        error: BaseException | None = None
+        try:
+            leaf_refs = self._submit_and_wait(ray, context, hooks, max_pending_tasks)
+            if return_results:
+                return self._leaf_result(ray.get(leaf_refs))
+            return self._leaf_result(leaf_refs)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            hooks.after_run(error)
+
+    def _check_cluster(self, ray: Any) -> None:
+        requests = []
+        for node, attrs in self.node_attrs.items():
+            remote_args = attrs.get("remote_args")
+            if remote_args and node.kind != "method":
+                requests.append((f"node {node.name!r} of workflow {self.workflow_name!r}", remote_args))
+        storage_args = getattr(self.storage, "remote_args", None)
+        if storage_args:
+            requests.append((f"the ray storage of workflow {self.workflow_name!r}", storage_args))
+        check_resources(ray, requests)
+
+    def _submit_and_wait(self, ray: Any, context: Any, hooks: Any, max_pending: int) -> list:
+        storage = self.storage
+        workflow_name = self.workflow_name
+        if storage is not None:
+            storage.new_workflow(workflow_name)
+            stored = set(storage.list_tasks(workflow_name))  # one listing, not one check per node
+            from plugins_builtin.localback import plan_resume
+
+            to_compute, to_read = plan_resume(self.nodes, self.leaves, stored)
+            always_read = bool(getattr(storage, "always_read", False))
+            remote_save = getattr(storage, "ray_submit_save", None)
+            remote_read = getattr(storage, "ray_submit_read", None)
+        else:
+            stored, to_compute, to_read, always_read, remote_save, remote_read = set(), None, set(), False, None, None
+
+        attrs = self.node_attrs
+        prepare = hooks.prepare
+        prepare_every_node = hooks.prepares_every_node
+        before_node = hooks.before_node
+        watch_all = bool(max_pending) or hooks.after_node is not None
+        refs: dict = {}  # node -> ObjectRef of its value
+        actors: dict = {}  # object node -> actor handle
+        watched: dict = {}  # ObjectRef of a node's run record -> node
+        pending: list = []
+        metas: dict = {}  # node -> its record ref (kept to find which node failed)
+        actor_remote = None
+        read_remote = None
+
+        def snapshot(obj: Node) -> Any:
+            # An object handed to a function as a value: its state after the calls submitted so far.
+            return actors[obj].snapshot.remote()
+
+        for node in self.nodes:
+            if to_compute is not None and node not in to_compute:
+                if node in to_read:
+                    if remote_read is not None:
+                        refs[node] = remote_read(workflow_name, node.name)
+                    else:
+                        if read_remote is None:
+                            read_remote = _helper(ray, "read")
+                        refs[node] = read_remote.remote(storage, workflow_name, node.name)
+                if hooks.node_restored is not None:
+                    hooks.node_restored(node=node, context=context)
+                continue
+            if max_pending and len(pending) >= max_pending:
+                pending = self._collect(ray, pending, watched, hooks, context, metas, block=True)
+            node_attrs = attrs.get(node) if attrs else None
+            callables = prepare(node) if prepare_every_node or node_attrs else []
+            if before_node is not None:
+                before_node(node=node, context=context)
+            kind = node.kind
+            save = None
+            if storage is not None and kind != "object" and node.name not in stored and remote_save is None:
+                save = (storage, workflow_name, always_read)
+            # A method call runs on its object's actor, which takes the object node's remote args.
+            remote_args = node_attrs.get("remote_args") if node_attrs and kind != "method" else None
+            try:
+                if kind == "call":
+                    remote = _remote_for(ray, node.func)
+                    if remote_args:
+                        remote = remote.options(**remote_args)
+                    args = None
+                    mode = node.argmode
+                    if not callables and save is None and not node.kwargs:
+                        # The short path: top-level dependencies become ObjectRef arguments directly.
+                        if mode == 0:
+                            args = node.args
+                        elif mode == 1:
+                            args = list(node.args)
+                            for position in node.slots:
+                                ref = refs.get(args[position])  # a Ref (node[i]) or an object node: None
+                                if ref is None:
+                                    args = None
+                                    break
+                                args[position] = ref
+                    if args is not None:
+                        meta, value = remote.remote(node.name, *args)
+                    else:
+                        template, deps = self._template(node, refs, snapshot)
+                        meta, value = remote.remote((node.name, template, callables, save), *deps)
+                elif kind == "method":
+                    template, deps = self._template(node, refs, snapshot, method=True)
+                    call = actors[node.obj].call.options(num_returns=2)
+                    meta, value = call.remote(node.method_name, (node.name, template, callables, save), *deps)
+                else:  # a stateful node: an actor
+                    if actor_remote is None:
+                        actor_remote = _helper(ray, "actor")
+                    template, deps = self._template(node, refs, snapshot)
+                    maker = actor_remote.options(**remote_args) if remote_args else actor_remote
+                    actor = actors[node] = maker.remote(node.cls, (node.name, template, callables, None), *deps)
+                    meta, value = actor.ready.remote(), None
+            except Exception as exc:  # arguments Ray cannot serialise, bad options, ...
+                raise self._fail(node, exc, hooks, context, {}) from exc
+            if remote_save is not None and kind != "object" and node.name not in stored:
+                meta, saved_value = remote_save(workflow_name, node.name, value, meta, always_read)
+                if always_read:
+                    value = saved_value
+            if value is not None:
+                refs[node] = value
+            metas[node] = meta
+            if watch_all or kind != "call" or not node.children or not _has_computed_child(node, to_compute):
+                watched[meta] = node
+                pending.append(meta)
+
+        while pending:
+            pending = self._collect(ray, pending, watched, hooks, context, metas, block=True)
+        leaf_refs = []
+        for leaf in self.leaves:
+            ref = refs.get(leaf)
+            if ref is None and leaf.kind == "object":
+                ref = snapshot(leaf) if leaf in actors else None
+            leaf_refs.append(ref)
+        return leaf_refs
+
+    def _template(self, node: Node, refs: dict, snapshot: Any, method: bool = False) -> tuple:
+        """The node's arguments with dependencies as placeholders, and the ObjectRefs to pass."""
+        if method:
+            # Index 0 is the actor's instance: the method's ``self`` and any other use of the object.
+            placeholders = _Placeholders({node.obj: Ref(0, ())})
+        else:
+            placeholders = _Placeholders()
+        mode = node.argmode
+        args, kwargs = resolve_args(node, placeholders)
+        template = _Template(mode, args, kwargs, node.slots)
+        deps = []
+        for parent in placeholders.order:
+            ref = refs.get(parent)
+            if ref is None:
+                ref = snapshot(parent)  # an object node given as a value
+            deps.append(ref)
+        return template, deps
+
+    def _collect(
+        self, ray: Any, pending: list, watched: dict, hooks: Any, context: Any, metas: dict, block: bool
+    ) -> list:
+        """Wait for at least one watched result; fire hooks for what finished; raise on the first failure."""
+        ready, pending = ray.wait(pending, num_returns=1)
+        if pending:
+            more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
+            ready.extend(more)
+        try:
+            records = ray.get(ready)
+        except Exception:  # noqa: BLE001 - some node failed: find which below
+            records = None
+        if records is None:
+            self._raise_first_failure(ray, ready, watched, hooks, context, metas)
+        after_node = hooks.after_node
+        if after_node is not None:
+            for ref, record in zip(ready, records):
+                after_node(node=watched[ref], result=None, context=context, info=_info(record))
+        return pending
+
+    def _raise_first_failure(
+        self, ray: Any, ready: list, watched: dict, hooks: Any, context: Any, metas: dict
+    ) -> None:
+        import ray.exceptions as rex
+
+        failures = []
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - every failure is a candidate
+                failures.append((watched[ref], exc))
+        position = {n: i for i, n in enumerate(self.nodes)}
+        failures.sort(key=lambda item: position[item[0]])
+        node, exc = failures[0]
+        cause = getattr(exc, "cause", None)
+        origin = getattr(cause, "_ff_node", None) if cause is not None else None
+        if origin is not None and origin != node.name:
+            for candidate in metas:
+                if candidate.name == origin:
+                    node = candidate
+                    break
+        elif cause is None or isinstance(exc, (rex.WorkerCrashedError, rex.RayActorError)):
+            # No node name travelled with the error (a worker died): the earliest failed node in run order.
+            done, _ = ray.wait(list(metas.values()), num_returns=len(metas), timeout=0)
+            done = set(done)
+            for candidate, meta in metas.items():  # metas is in run order
+                if candidate is node:
+                    break
+                if meta in done:
+                    try:
+                        ray.get(meta)
+                    except Exception as earlier:  # noqa: BLE001 - an earlier failure is the origin
+                        node, exc = candidate, earlier
+                        break
+        original = _original(exc)
+        detail = ""
+        if isinstance(original, rex.WorkerCrashedError):
+            detail = "the Ray worker process running it died (WorkerCrashedError); nothing was returned"
+        elif isinstance(original, rex.RayActorError):
+            detail = f"the Ray actor running it died ({type(original).__name__}): {original}"
+        raise self._fail(node, original, hooks, context, {}, detail) from original
+
+    def _fail(
+        self, node: Node, exc: BaseException, hooks: Any, context: Any, info: dict, detail: str = ""
+    ) -> NodeExecutionError:
+        if hooks.node_error is not None:
+            hooks.node_error(node=node, error=exc, context=context, info=info)
+        return NodeExecutionError(node.name, self.workflow_name, exc, detail)
+
+
+def _has_computed_child(node: Node, to_compute: Any) -> bool:
+    if to_compute is None:
+        return bool(node.children)
+    return any(child in to_compute for child in node.children)
+
+
+def _original(exc: BaseException) -> BaseException:
+    """The user's exception inside a Ray error, where Ray kept it."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        if hasattr(cause, "_ff_node"):
+            try:
+                del cause._ff_node
+            except AttributeError:
+                pass
+        return cause
+    return exc
+
+
+def _info(record: tuple) -> dict:
+    start, duration, pid, host, node_id, saved_on = record
+    return {
+        "start": start,
+        "duration": duration,
+        "worker": f"pid {pid}",
+        "host": host,
+        "node_id": node_id,
+        "saved_on": saved_on,
+    }
+
+
+# ---------------------------------------------------------------------------
+# hooks
+# ---------------------------------------------------------------------------
+
+
+@hookimpl
+def ff_backends(register: Any) -> None:
+    register("ray", "plugins_builtin.rayback:RayWorkflow", extra="ray")
+
+
+@hookimpl
+def ff_query_assign(nodes: list, key: str, value: Any, backend: Any) -> bool | None:
+    if key != "remote_args" or getattr(backend, "backend_name", None) != "ray":
+        return None
+    query = f"query on workflow {getattr(backend, 'workflow_name', '?')!r}"
+    if not isinstance(value, dict):
+        validate_remote_args(value, query)
+    for node in nodes:
+        where = f"remote args of node {node.name!r} ({query})"
+        validate_remote_args(value, where, actor=node.kind == "object")
+    return True

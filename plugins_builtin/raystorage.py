@@ -1,0 +1,195 @@
+"""The ``ray`` storage kind: file storage on the Ray node that holds the disk.
+
+Every save, read, listing and removal runs in a small Ray task with the
+storage's ``remoteArgs`` (typically a custom resource only the disk node has,
+``{"resources": {"_disk": 0.001}}``), wrapping a :class:`FileStorage` there.
+From a driver connected to the cluster, ``read_task`` and ``list_tasks``
+work like any storage. With :class:`plugins_builtin.rayback.RayWorkflow`, a
+node's result goes from the worker that computed it straight to the disk
+node (its ObjectRef is the save task's argument), never through the driver.
+
+>>> storage = storage_factory({"kind": "ray", "options": {  # doctest: +SKIP
+...     "path": "/data/storage", "remoteArgs": {"resources": {"_disk": 0.001}}}})
+
+``path`` is made absolute against the driver's working directory; on a
+cluster of several machines give an absolute path that exists on the disk node.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from functionfuse.errors import InvalidOptionError
+from functionfuse.markers import hookimpl
+from functionfuse.storage import Storage
+
+from .fsstorage import FileStorage
+
+__all__ = ["RayStorage", "ray_storage"]
+
+_OPTIONS = ("path", "remoteArgs", "rayInitArgs")
+
+
+def _storage_call(files: FileStorage, method: str, args: tuple) -> Any:
+    """Runs on the disk node: one FileStorage operation."""
+    return getattr(files, method)(*args)
+
+
+def _save_result(files: FileStorage, workflow_name: str, task_name: str, record: tuple, value: Any, read_back: bool):
+    """Runs on the disk node: save a node's result (Ray brought it here); return its run record."""
+    import ray
+
+    from .rayback import _tag
+
+    try:
+        files.save(workflow_name, task_name, value)
+        if read_back:
+            value = files.read_task(workflow_name, task_name)
+    except BaseException as exc:
+        _tag(exc, task_name)
+        raise
+    record = record[:5] + (ray.get_runtime_context().get_node_id(),)
+    return (record, value) if read_back else (record, None)
+
+
+_remotes: dict = {}
+
+
+def _remote(ray: Any, name: str) -> Any:
+    remote = _remotes.get(name)
+    if remote is None:
+        if name == "call":
+            remote = ray.remote(_storage_call)
+        else:
+            remote = ray.remote(num_returns=2)(_save_result)
+        _remotes[name] = remote
+    return remote
+
+
+class RayStorage(Storage):
+    """File storage whose every operation runs on the Ray node matching ``remote_args``.
+
+    :param path: the root folder on the disk node.
+    :param remote_args: ``ray.remote`` options of the storage tasks (``{"resources": {"_disk": 0.001}}``).
+    :param ray_init_args: ``ray.init`` arguments, used when Ray is not initialised yet.
+    """
+
+    kind = "ray"
+
+    def __init__(self, path: str, remote_args: dict | None = None, ray_init_args: dict | None = None):
+        super().__init__()
+        self.files = FileStorage(path, kind="ray")
+        self.remote_args = dict(remote_args or {})
+        self.ray_init_args = dict(ray_init_args or {})
+        self._checked = False
+
+    def __repr__(self) -> str:
+        return f"<RayStorage root={self.files.root!r} remote_args={self.remote_args!r}>"
+
+    def describe(self) -> str:
+        return f"ray storage {self.files.root} ({self.remote_args or 'any node'})"
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_checked"] = False
+        return state
+
+    # -- routing -------------------------------------------------------------------
+    def _ray(self) -> Any:
+        from .rayback import check_resources, ensure_ray
+
+        ray = ensure_ray(self.ray_init_args)
+        if not self._checked:
+            # A resource no node has would leave every storage task pending forever.
+            check_resources(ray, [(self.describe(), self.remote_args)])
+            self._checked = True
+        return ray
+
+    def _shipped(self) -> FileStorage:
+        files = self.files
+        files.persistent_serializers = self.persistent_serializers
+        files.run_serializers = self.run_serializers
+        files.always_read = self.always_read
+        return files
+
+    def _options(self, remote: Any) -> Any:
+        return remote.options(**self.remote_args) if self.remote_args else remote
+
+    def _call(self, method: str, *args: Any) -> Any:
+        ray = self._ray()
+        return ray.get(self._options(_remote(ray, "call")).remote(self._shipped(), method, args))
+
+    # -- what RayWorkflow uses: submit without waiting ---------------------------------
+    def ray_submit_save(self, workflow_name: str, task_name: str, value_ref: Any, record_ref: Any, read_back: bool):
+        """Submit the save of a node's result on the disk node; returns ``(record_ref, value_ref or None)``."""
+        ray = self._ray()
+        remote = self._options(_remote(ray, "save"))
+        return remote.remote(self._shipped(), workflow_name, task_name, record_ref, value_ref, read_back)
+
+    def ray_submit_read(self, workflow_name: str, task_name: str) -> Any:
+        """Submit the read of a stored result on the disk node; returns its ObjectRef."""
+        ray = self._ray()
+        return self._options(_remote(ray, "call")).remote(self._shipped(), "read_task", (workflow_name, task_name))
+
+    # -- the interface ---------------------------------------------------------------
+    def save(self, workflow_name: str, task_name: str, obj: Any) -> None:
+        self.check_names(workflow_name, task_name)
+        self._call("save", workflow_name, task_name, obj)
+
+    def read_task(self, workflow_name: str, task_name: str) -> Any:
+        self.check_names(workflow_name, task_name)
+        return self._call("read_task", workflow_name, task_name)
+
+    def file_exists(self, workflow_name: str, task_name: str) -> bool:
+        return self._call("file_exists", workflow_name, task_name)
+
+    def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
+        return self._call("list_tasks", workflow_name, pattern)
+
+    def list_workflows(self) -> list[str]:
+        return self._call("list_workflows")
+
+    def remove_task(self, workflow_name: str, task_name: str | None = None, pattern: str | None = None) -> list[str]:
+        return self._call("remove_task", workflow_name, task_name, pattern)
+
+    def remove_workflow(self, workflow_name: str) -> None:
+        self._call("remove_workflow", workflow_name)
+
+    def new_workflow(self, workflow_name: str) -> None:
+        self._call("new_workflow", workflow_name)
+
+    def save_meta(self, workflow_name: str, key: str, data: bytes) -> None:
+        self._call("save_meta", workflow_name, key, data)
+
+    def read_meta(self, workflow_name: str, key: str) -> bytes | None:
+        return self._call("read_meta", workflow_name, key)
+
+    def list_meta(self, workflow_name: str, pattern: str = "*") -> list[str]:
+        return self._call("list_meta", workflow_name, pattern)
+
+
+def ray_storage(options: dict) -> RayStorage:
+    """The ``ray`` kind: ``{"path": ..., "remoteArgs": {ray.remote options}, "rayInitArgs": {ray.init args}}``."""
+    from .rayback import validate_remote_args
+
+    unknown = [key for key in options if key not in _OPTIONS]
+    if unknown:
+        raise InvalidOptionError(
+            f'storage kind "ray": unknown option {unknown[0]!r}; the options are {", ".join(_OPTIONS)}'
+        )
+    path = options.get("path")
+    if not isinstance(path, str) or not path:
+        raise InvalidOptionError(f'storage kind "ray" needs the option "path" (a folder on the disk node), got {path!r}')
+    remote_args = options.get("remoteArgs") or {}
+    validate_remote_args(remote_args, 'storage kind "ray", option "remoteArgs"')
+    ray_init_args = options.get("rayInitArgs") or {}
+    if not isinstance(ray_init_args, dict):
+        raise InvalidOptionError(
+            f'storage kind "ray": option "rayInitArgs" must be a dict of ray.init arguments, got {ray_init_args!r:.80}'
+        )
+    return RayStorage(path, remote_args, ray_init_args)
+
+
+@hookimpl
+def ff_storage_kinds(register: Any) -> None:
+    register("ray", "plugins_builtin.raystorage:ray_storage", extra="ray")
