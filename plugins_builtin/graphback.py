@@ -299,7 +299,8 @@ class GraphWorkflow(Workflow):
             os.makedirs(folder, exist_ok=True)
         dot = self.graph()
         try:
-            return dot.render(outfile=path, format=fmt, view=self.view, cleanup=True, quiet=True)
+            dot.render(outfile=path, format=fmt, view=self.view, cleanup=True, quiet=True)
+            return path
         except graphviz.ExecutableNotFound as exc:
             raise _dot_not_found() from exc
         except graphviz.CalledProcessError as exc:
