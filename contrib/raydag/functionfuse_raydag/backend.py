@@ -82,9 +82,9 @@ def _compute(ctx: tuple, payload: tuple, save: bool, values: tuple, instance: An
 
 
 @ray.remote(num_returns=2)
-def _compute_task(ctx: tuple, func: Any, payload: tuple, save: bool, *values: Any) -> tuple[Any, dict]:
+def _compute_task(ctx: tuple, payload: tuple, save: bool, *values: Any) -> tuple[Any, dict]:
     """Compute one function node and save its result: ``(value, info)``."""
-    return _compute(ctx, (payload[0], func, *payload[2:]), save, values)
+    return _compute(ctx, payload, save, values)
 
 
 @ray.remote(num_returns=2)
@@ -107,8 +107,8 @@ class _StatefulNode:
     def __init__(self) -> None:
         self.instance: Any = None
 
-    def construct(self, ctx: tuple, func: Any, payload: tuple, *values: Any) -> dict:
-        name, _, args, kwargs, prepared = payload
+    def construct(self, ctx: tuple, payload: tuple, *values: Any) -> dict:
+        name, func, args, kwargs, prepared = payload
         start, began = time.time(), time.perf_counter()
         try:
             for call in prepared:
@@ -121,8 +121,8 @@ class _StatefulNode:
         return _info(start, began)
 
     @ray.method(num_returns=2)
-    def call(self, ctx: tuple, func: Any, payload: tuple, save: bool, *values: Any) -> tuple[Any, dict]:
-        return _compute(ctx, (payload[0], func, *payload[2:]), save, values, self.instance)
+    def call(self, ctx: tuple, payload: tuple, save: bool, *values: Any) -> tuple[Any, dict]:
+        return _compute(ctx, payload, save, values, self.instance)
 
     def snapshot(self) -> Any:
         """The instance as it is now (after every call submitted before this one)."""
@@ -163,17 +163,9 @@ class _Execution:
         self.actors: dict[TaskSpec, Any] = {}
         self.waiting: dict[Any, TaskSpec] = {}  # info ObjectRef -> spec
         self.computed: set[TaskSpec] = set()
-        self._funcs: dict[int, Any] = {}
         self._options: dict[tuple, Any] = {}
 
     # -- submission ---------------------------------------------------------
-    def _func_ref(self, func: Any) -> Any:
-        # One upload per distinct function per run, not one pickle per task.
-        ref = self._funcs.get(id(func))
-        if ref is None:
-            ref = self._funcs[id(func)] = ray.put(func)
-        return ref
-
     def _with_options(self, remote: Any, spec: TaskSpec) -> Any:
         if not spec.remote_args:
             return remote
@@ -225,18 +217,15 @@ class _Execution:
             if hooks is not None and hooks.before_node is not None:
                 hooks.before_node(node=self.nodes_of[spec], context=context)
             values = [self._value_ref(dep) for dep in spec.deps]
-            func = self._func_ref(spec.func)
             save = spec.kind != "object" and spec.name not in stored
             if spec.kind == "call":
-                value_ref, info_ref = self._with_options(_compute_task, spec).remote(
-                    ctx, func, spec.payload, save, *values
-                )
+                value_ref, info_ref = self._with_options(_compute_task, spec).remote(ctx, spec.payload, save, *values)
                 self.values[spec] = value_ref
             elif spec.kind == "object":
                 actor = self.actors[spec] = self._with_options(_StatefulNode, spec).remote()
-                info_ref = actor.construct.remote(ctx, func, spec.payload, *values)
+                info_ref = actor.construct.remote(ctx, spec.payload, *values)
             else:
-                value_ref, info_ref = self.actors[spec.obj].call.remote(ctx, func, spec.payload, save, *values)
+                value_ref, info_ref = self.actors[spec.obj].call.remote(ctx, spec.payload, save, *values)
                 self.values[spec] = value_ref
             self.waiting[info_ref] = spec
             self.computed.add(spec)
