@@ -88,46 +88,37 @@ def ff_before_run(context: Any) -> None:
         "error": None,
         "nodes": nodes,
     }
+    context.state[_NODES_KEY] = nodes
 
 
-def _entry(node: Any, context: Any) -> dict | None:
-    record = context.state.get(_STATE_KEY)
-    if record is None:  # the plugin was registered after before_run (never in practice)
-        return None
-    return record["nodes"].get(node.name)
-
-
-def _set_info(entry: dict, info: dict | None) -> None:
-    if not info:
-        return
-    for key in ("start", "duration", "worker", "host"):
-        value = info.get(key)
-        if value is not None:
-            entry[key] = value if isinstance(value, (int, float, str)) else str(value)
+# The per-node hooks are the hot path: one dict lookup for the table, one for the entry.
+_NODES_KEY = "runrecord.nodes"
 
 
 @hookimpl
 def ff_after_node(node: Any, context: Any, info: dict) -> None:
-    entry = _entry(node, context)
+    entry = context.state[_NODES_KEY].get(node.name)
     if entry is not None:
         entry["outcome"] = COMPUTED
-        _set_info(entry, info)
+        if info:
+            entry.update(info)  # start, duration, worker, host: what the backend knows
 
 
 @hookimpl
 def ff_node_restored(node: Any, context: Any) -> None:
-    entry = _entry(node, context)
+    entry = context.state[_NODES_KEY].get(node.name)
     if entry is not None:
         entry["outcome"] = STORED
 
 
 @hookimpl
 def ff_node_error(node: Any, error: BaseException, context: Any, info: dict) -> None:
-    entry = _entry(node, context)
+    entry = context.state[_NODES_KEY].get(node.name)
     if entry is not None:
         entry["outcome"] = FAILED
+        if info:
+            entry.update(info)
         entry["error"] = f"{type(error).__name__}: {error}"
-        _set_info(entry, info)
 
 
 @hookimpl
