@@ -334,10 +334,28 @@ def test_s3_storage_status_and_resume(ray_cluster):
         from functionfuse_raydag import records
 
         records.write_record(s3, "on-s3", dict(record, status="FAILED"))  # as if the last run had failed
-        assert raydag.resume("on-s3", s3) == 39.5
+        assert raydag.resume_all(s3) == []  # FAILED ones only on request
+        assert raydag.resume_all(s3, include_failed=True) == [("on-s3", 39.5)]
         assert raydag.get_status("on-s3", s3) == "SUCCESSFUL" and "node4" in s3.list_tasks("on-s3")
     finally:
         server.stop()
+
+
+def test_plan_of_a_deep_chain_pickles_flat():
+    """The stored plan refers to nodes by index: no recursion, whatever the depth."""
+    import cloudpickle
+    from functionfuse_raydag.plan import build_plan, fill_arguments
+
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    node = add(0, 1)
+    for _ in range(5_000):
+        node = add(node, 1)
+    plan, _ = build_plan(RayWorkflow(node, workflow_name="deep"), lambda n: [])
+    loaded = cloudpickle.loads(cloudpickle.dumps(plan))
+    last = loaded.leaves[0]
+    assert len(loaded.specs) == 5_001 and last.parents == (loaded.specs[-2],) and last.deps == last.parents
+    assert fill_arguments(last.args, last.kwargs, (41,)) == ((41, 1), {})
 
 
 # ---------------------------------------------------------------------------
