@@ -184,7 +184,7 @@ class Recorder:
 
 def test_seed_page_ray_workflow(tmp_path):
     @workflow
-    def sum(a, b):  # noqa: A001 - the page's own name
+    def sum(a, b):  # the page's own name
         return a + b
 
     a, b = 1, 1
