@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,31 @@ def test_cli_run_draws_the_bar_on_a_terminal_only(tmp_path):
     assert _plain(quiet).strip() == "n11: 12"
     piped = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True, cwd=str(tmp_path))
     assert piped.stdout == "n11: 12\n" and piped.stderr == ""
+
+
+def test_bar_and_record_on_a_ray_backend(tmp_path):
+    """Driver-side hooks only: the same plugins work when nodes run in Ray workers (the raydag addon)."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+    from rich.console import Console
+
+    from plugins_builtin.runrecord import read_run_record
+
+    temp_dir = os.path.join("/tmp", f"ffpg{os.getpid()}")  # Ray's socket paths must stay short
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    try:
+        address = ray.get_runtime_context().gcs_address
+        buffer = io.StringIO()
+        plugin = ProgressPlugin(console=Console(file=buffer, force_terminal=True, width=160))
+        nodes = stateful()
+        storage = str(tmp_path / "storage")
+        assert functionfuse.run(nodes["result"], backend="raydag", workflow_name="onray", storage=storage,
+                                progress=plugin, ray_init_args={"address": address}) == 4
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert "7/7 nodes  0 read back  0 failed" in _plain(buffer.getvalue())
+    record = read_run_record(functionfuse.storage.as_storage(storage), "onray")
+    assert record["backend"] == "raydag" and record["counts"]["computed"] == 7
+    workers = {entry["worker"] for entry in record["nodes"].values()}
+    assert None not in workers and f"pid {os.getpid()}" not in workers  # computed in Ray workers
