@@ -34,6 +34,11 @@ def multiply(a, b):
     return a * b
 
 
+def visible(folder):
+    """Result files in a workflow folder; dot-folders hold run records and serializer data."""
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
 def quickstart():
     a_plus_b = add(1, 1).set_name("node1")
     a_plus_two_b = add(a_plus_b, 1).set_name("node2")
@@ -100,7 +105,7 @@ def test_memory_url_and_plain_path_storage(tmp_path):
     assert st.list_tasks("m") == ["node1", "node2", "node3"]
     assert st.read_task("m", "node3") == 6
     assert functionfuse.run(leaf, workflow_name="p", storage=str(tmp_path / "plain")) == 6
-    assert sorted(os.listdir(tmp_path / "plain" / "p")) == ["node1.ffr", "node2.ffr", "node3.ffr"]
+    assert visible(tmp_path / "plain" / "p") == ["node1.ffr", "node2.ffr", "node3.ffr"]
 
 
 def test_storage_methods(file_storage):
@@ -180,7 +185,7 @@ def test_unpicklable_result_names_node_and_writes_nothing(file_storage, tmp_path
     with pytest.raises(SerializationError, match="'lock_node'.*nothing was written"):
         wf.run()
     assert file_storage.list_tasks("unpicklable") == ["first"]
-    assert sorted(os.listdir(tmp_path / "storage" / "unpicklable")) == ["first.ffr"]
+    assert visible(tmp_path / "storage" / "unpicklable") == ["first.ffr"]
 
 
 def test_duplicate_names_refused_before_anything_runs(file_storage):

@@ -62,6 +62,10 @@ def _check_options(options: Any, known: frozenset, what: str, api: str, where: s
     return dict(options)
 
 
+#: flow options every node's task gets too, unless its task_args set them
+_INHERITED_BY_TASKS = ("persist_result", "result_storage", "result_serializer")
+
+
 class _Slot:
     """Stands for the i-th parent's value in the arguments a Prefect task receives."""
 
@@ -146,9 +150,11 @@ class PrefectWorkflow(Workflow):
     Options: :meth:`set_prefect_flow_options` (any ``prefect.flow`` option,
     e.g. ``task_runner``, ``persist_result``) and
     ``query(pattern).set_task_args(dict)`` (any ``prefect.task`` option, e.g.
-    ``retries``, ``cache_key_fn``, ``cache_policy``). Tasks do not cache
-    unless ``cache_policy`` or ``cache_key_fn`` is set, so inputs are not
-    hashed on every call.
+    ``retries``, ``cache_key_fn``, ``cache_policy``). The flow options
+    ``persist_result``, ``result_storage`` and ``result_serializer`` apply to
+    every task as well (a node's ``task_args`` win). Tasks get no cache key
+    (``NO_CACHE``) unless ``cache_policy``, ``cache_key_fn`` or
+    ``persist_result`` is set, so inputs are not hashed on every call.
     """
 
     backend_name = "prefect"
@@ -210,6 +216,8 @@ class PrefectWorkflow(Workflow):
         else:
             stored, to_compute, to_read, always_read = set(), None, set(), False
         attrs = self.node_attrs
+        # Prefect 3 tasks do not follow the flow's result settings; functionfuse users set them once, on the flow.
+        inherited = {key: self.flow_options[key] for key in _INHERITED_BY_TASKS if key in self.flow_options}
         values: dict = {}  # results read back from storage
         futures: dict = {}  # node -> PrefectFuture, in run order
         timings: dict = {}
@@ -227,8 +235,10 @@ class PrefectWorkflow(Workflow):
             inputs = [futures[p] if p in futures else values[p] for p in node.parents]
             args, kwargs = resolve_args(node, slots)
             save = storage if storage is not None and node.kind != "object" and node.name not in stored else None
-            options = {"name": node.name, **node_attrs.get("task_args", {})}
-            if "cache_policy" not in options and "cache_key_fn" not in options:
+            options = {"name": node.name, **inherited, **node_attrs.get("task_args", {})}
+            # No cache key unless asked for: hashing every input costs time. Prefect writes a persisted
+            # result under its cache key, so persist_result keeps Prefect's default policy (keyed by run).
+            if "cache_policy" not in options and "cache_key_fn" not in options and not options.get("persist_result"):
                 options["cache_policy"] = NO_CACHE
             fn = _node_task_fn(node, callables, save, name, always_read, timings)
             if hooks.before_node is not None:

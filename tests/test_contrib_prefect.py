@@ -1,0 +1,311 @@
+"""The prefect addon (contrib/prefect): installed from its folder, run against Prefect's own ephemeral API.
+
+Prefect reads its settings when it is imported, so they are set here, before
+anything imports it: a private PREFECT_HOME (database, persisted results), no
+analytics, and no PREFECT_API_URL, so Prefect starts its ephemeral API server
+once for this test process. Each flow run costs about a second after that.
+"""
+
+import atexit
+import os
+import shutil
+import sys
+import tempfile
+
+_PREFECT_HOME = tempfile.mkdtemp(prefix="ff-prefect-home-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, True)
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "120"
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+assert "prefect" not in sys.modules, "prefect was imported before its test settings were set"
+
+import importlib.metadata
+import pathlib
+import threading
+
+import pytest
+
+import functionfuse
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
+from functionfuse.errors import InvalidOptionError, NodeExecutionError, UnknownQueryAttributeError
+from functionfuse.markers import hookimpl
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ephemeral_api_server():
+    """Stop the ephemeral API server Prefect starts on first use when this module ends, not at exit."""
+    yield
+    from prefect.logging.handlers import APILogHandler
+    from prefect.server.api.server import SubprocessASGIServer
+
+    APILogHandler().flush()  # send the pending run logs while the server is still up
+    SubprocessASGIServer().stop()
+
+
+CALLS: list = []  # names of the nodes whose function ran (tasks run in threads of this process)
+
+
+@workflow
+def add(a, b):
+    CALLS.append("add")
+    return a + b
+
+
+@workflow
+def multiply(a, b):
+    CALLS.append("multiply")
+    return a * b
+
+
+@workflow
+def split(x):
+    return x, x * 10
+
+
+@workflow
+def task_name(x):
+    from prefect.runtime import task_run
+
+    return task_run.get_task_name() if hasattr(task_run, "get_task_name") else task_run.task_name
+
+
+@workflow
+def fail(x):
+    raise ValueError(f"cannot use {x}")
+
+
+@workflow
+class IncrementalSum:
+    def __init__(self, start):
+        self.start = start
+
+    def add(self, n):
+        self.start += n
+        return self.start
+
+
+def seed_graph():
+    """The quick-start graph of the seed documentation."""
+    a_plus_b = add(1, 1).set_name("node1")
+    a_plus_two_b = add(a_plus_b, 1).set_name("node2")
+    return multiply(a_plus_b, a_plus_two_b).set_name("node3")
+
+
+def prefect_workflow(*leaves, name="ops"):
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+    return PrefectWorkflow(*leaves, workflow_name=name)
+
+
+# -- installation and lookup (no flow runs) ---------------------------------------------------------
+
+
+def test_installed_addon_is_found_through_its_entry_point():
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+    points = {ep.name: ep.value for ep in importlib.metadata.entry_points(group="functionfuse")}
+    assert points["prefect"] == "functionfuse_prefect.plugin"
+    assert functionfuse.backend_class("prefect") is PrefectWorkflow
+    assert PrefectWorkflow.backend_name == "prefect"
+    assert PrefectWorkflow.query_keys == frozenset({"plugins", "task_args"})
+
+
+def test_generate_flow_gives_a_prefect_flow_named_after_the_workflow():
+    from prefect import Flow
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    wf = prefect_workflow(seed_graph(), name="operations")
+    wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=2), "retries": 0})
+    flow = wf.generate_flow()
+    assert isinstance(flow, Flow)
+    assert flow.name == "operations"
+    assert isinstance(flow.task_runner, ThreadPoolTaskRunner)
+
+
+def test_bad_options_are_refused_naming_them():
+    wf = prefect_workflow(seed_graph())
+    with pytest.raises(InvalidOptionError, match="'retires' is not a prefect.task option"):
+        wf.query("^node1$").set_task_args({"retires": 2})
+    with pytest.raises(InvalidOptionError, match="task_args .*must be a dict"):
+        wf.query("^node1$").set_task_args(["retries", 2])
+    with pytest.raises(InvalidOptionError, match="'task_runer' is not a prefect.flow option"):
+        wf.set_prefect_flow_options({"task_runer": None})
+    with pytest.raises(InvalidOptionError, match="must be a dict"):
+        wf.set_prefect_flow_options("fast")
+    # task_args belong to the prefect backend only
+    with pytest.raises(UnknownQueryAttributeError, match="'task_args'"):
+        LocalWorkflow(seed_graph()).query("^node1$").set_task_args({"retries": 1})
+    assert wf.node_attrs == {}
+
+
+# -- flow runs ----------------------------------------------------------------------------------------
+
+
+def test_seed_graph_runs_through_functionfuse_run_with_a_task_per_node():
+    result = functionfuse.run(seed_graph(), backend="prefect", workflow_name="operations")
+    assert result == LocalWorkflow(seed_graph()).run() == 6
+
+    # Every node is a Prefect task named after the node: the function asks Prefect which task it runs in.
+    first = task_name(1).set_name("first_node")
+    second = task_name(first).set_name("second_node")
+    assert prefect_workflow(first, second).run() == ["first_node", "second_node"]
+
+
+def test_indexed_outputs_and_nested_arguments():
+    pair = split(add(2, 3).set_name("five")).set_name("pair")
+    total = add(pair[0], pair[1]).set_name("total")
+    nested = add([pair[1]], [{"k": pair}["k"][0]]).set_name("nested")
+    assert prefect_workflow(total, nested).run() == [55, [50, 5]]
+
+
+def test_stateful_chain():
+    one = add(4, -3).set_name("four_minus_three")
+    incremental = IncrementalSum(start=one).set_name("IncrementalSum")
+    two = add(3, -1).set_name("three_minus_one")
+    incremental.add(two).set_name("one_plus_two")
+    incremental.add(two).set_name("three_plus_two")
+    six = incremental.add(one).set_name("five_plus_one")
+    result = add(six, -2).set_name("six_minus_two")
+    assert prefect_workflow(result).run() == 4
+
+
+def test_storage_second_run_computes_nothing(tmp_path):
+    storage = {"kind": "file", "options": {"path": str(tmp_path / "storage")}}
+    leaf = seed_graph()
+    CALLS.clear()
+    assert functionfuse.run(leaf, backend="prefect", workflow_name="stored", storage=storage) == 6
+    assert sorted(CALLS) == ["add", "add", "multiply"]
+
+    CALLS.clear()
+    wf = prefect_workflow(leaf, name="stored").set_storage(storage)
+    assert wf.run() == 6
+    assert CALLS == []  # every result was read back
+    assert sorted(wf.storage.list_tasks("stored")) == ["node1", "node2", "node3"]
+
+
+def test_persisted_results_and_concurrent_task_runner():
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    # Two sleeping-free nodes that can only finish if they run at the same time.
+    barrier = threading.Barrier(2, timeout=30)
+
+    @workflow
+    def meet(x):
+        barrier.wait()
+        return threading.current_thread().name, x
+
+    left = meet(1).set_name("left")
+    right = meet(2).set_name("right")
+    wf = prefect_workflow(left, right, name="concurrent")
+    wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=2), "persist_result": True})
+    results_dir = pathlib.Path(_PREFECT_HOME) / "storage"
+    before = set(results_dir.iterdir()) if results_dir.exists() else set()
+    (thread_a, one), (thread_b, two) = wf.run()
+    assert (one, two) == (1, 2) and thread_a != thread_b
+    # persist_result=True on the flow: each task's result was written to Prefect's result storage
+    written = set(results_dir.iterdir()) - before
+    assert len(written) >= 2
+
+
+def test_cached_tasks_with_task_input_hash():
+    from prefect.tasks import task_input_hash
+
+    def build(b):
+        return add(add(10, b).set_name("cached_first"), 1).set_name("cached_second")
+
+    for b, expected_calls in ((1, 2), (1, 0), (2, 2)):
+        CALLS.clear()
+        wf = prefect_workflow(build(b), name="cached")
+        wf.query("^cached_.*$").set_task_args({"cache_key_fn": task_input_hash, "persist_result": True})
+        assert wf.run() == 11 + b
+        # the second run finds both tasks in Prefect's cache; a changed argument misses it
+        assert len(CALLS) == expected_calls, (b, CALLS)
+
+
+def test_task_args_retries_and_hooks_fire_in_the_driver():
+    attempts: list = []
+
+    @workflow
+    def flaky(x):
+        attempts.append(x)
+        if len(attempts) < 2:
+            raise RuntimeError("first attempt fails")
+        return x * 2
+
+    seen: dict = {"before": [], "after": [], "prepared": []}
+
+    class Recorder:
+        name = "recorder"
+
+        @hookimpl
+        def ff_before_node(self, node):
+            seen["before"].append(node.name)
+
+        @hookimpl
+        def ff_after_node(self, node, result, info):
+            seen["after"].append((node.name, result, "duration" in info))
+
+    leaf = add(flaky(4).set_name("flaky"), 1).set_name("after_flaky")
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+    wf = PrefectWorkflow(leaf, workflow_name="retried", plugins=[Recorder()])
+    wf.query("^flaky$").set_task_args({"retries": 1, "retry_delay_seconds": 0})
+    assert wf.run() == 9
+    assert attempts == [4, 4]
+    assert seen["before"] == ["flaky", "after_flaky"]
+    assert seen["after"] == [("flaky", 8, True), ("after_flaky", 9, True)]
+
+
+def test_node_plugins_run_inside_the_task_before_the_function():
+    state = threading.local()
+
+    def init():
+        state.initialized = True
+
+    def set_seed(seed):
+        state.seed = seed
+
+    @workflow
+    def observe(x):
+        return x, getattr(state, "initialized", False), getattr(state, "seed", None)
+
+    def build():
+        n1 = observe(0).set_name("node1")
+        return observe(n1[0]).set_name("node2")
+
+    def configure(wf):
+        wf.query("^node1$").set_plugins(InitializerPlugin(init))
+        wf.query("^node2$").set_plugins(
+            PluginCollection([InitializerPlugin(init), RandomStatePlugin(min=0, max=100, seed=7, seed_func=set_seed)])
+        )
+        return wf
+
+    expected = configure(LocalWorkflow(build())).run()
+    # the node functions run in worker threads: the plugin callables ran there, right before them
+    assert configure(prefect_workflow(build(), name="plugins")).run() == expected == (0, True, 7)
+
+
+def test_node_error_names_the_node_and_chains_the_cause(tmp_path):
+    errors: list = []
+
+    class OnError:
+        name = "on-error"
+
+        @hookimpl
+        def ff_node_error(self, node, error):
+            errors.append((node.name, type(error).__name__))
+
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+    ok = add(1, 2).set_name("fine")
+    leaf = fail(ok).set_name("broken")
+    wf = PrefectWorkflow(leaf, workflow_name="failing", plugins=[OnError()])
+    wf.set_storage(str(tmp_path / "storage"))
+    with pytest.raises(NodeExecutionError, match="node 'broken' of workflow 'failing' failed: ValueError: cannot use 3") as info:
+        wf.run()
+    assert isinstance(info.value.__cause__, ValueError)
+    assert errors == [("broken", "ValueError")]
+    assert wf.storage.list_tasks("failing") == ["fine"]  # what finished before the failure stays saved
