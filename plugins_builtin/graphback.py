@@ -60,18 +60,66 @@ def _dot_not_found() -> GraphvizNotFoundError:
     )
 
 
-def _label(node: Node, method_call_number: int | None) -> str:
-    """An HTML-like label: the name, and a smaller second line saying what the node calls."""
-    name = html.escape(node.name)
-    if node.has_default_name:
-        detail = node.qualname
-    elif node.kind == "method":
-        detail = f".{node.method_name}()"
-    else:
-        detail = None
-    if detail is None:
-        return f"<{name}>"
-    return f'<{name}<BR/><FONT POINT-SIZE="9" COLOR="#555555">{html.escape(detail)}</FONT>>'
+def _function_text(node: Node) -> str:
+    """The function a node calls, as a reader finds it: ``module.name()`` (no ``__main__``, no ``<locals>``)."""
+    qualname = node.qualname.rpartition("<locals>.")[2]
+    module = getattr(node.func, "__module__", None)
+    if module and module != "__main__":
+        return f"{module}.{qualname}()"
+    return f"{qualname}()"
+
+
+def _detail(node: Node) -> str | None:
+    """The small second line of a box: what the node calls, where the name does not already say it."""
+    if node.kind == "method":
+        return f".{node.method_name}()"
+    if node.kind == "object":
+        return None if node.name == node.cls.__name__ else f"{node.cls.__name__}()"
+    return _function_text(node) if node.has_default_name else None
+
+
+def _cluster_label(obj: Node) -> str:
+    """The title of a stateful object's cluster: its name, and its class when the name does not show it."""
+    cls = obj.cls.__name__
+    return obj.name if obj.has_default_name or obj.name == cls else f"{obj.name} ({cls})"
+
+
+def _seconds(duration: float) -> str:
+    if duration < 0.0001:
+        return "<0.1 ms"
+    if duration < 1:
+        return f"{duration * 1000:.1f} ms"
+    if duration < 60:
+        return f"{duration:.2f} s"
+    minutes, seconds = divmod(round(duration), 60)
+    return f"{minutes} min {seconds:02d} s"
+
+
+_ERROR_CHARS = 48
+
+
+def _label(node: Node, entry: dict | None) -> str:
+    """An HTML-like label: the name; smaller lines for what it calls, how long it took, its error."""
+    lines = [html.escape(node.name)]
+    detail = _detail(node)
+    if detail is not None:
+        lines.append(f'<FONT POINT-SIZE="9" COLOR="#555555">{html.escape(detail)}</FONT>')
+    if entry is not None:
+        duration = entry.get("duration")
+        if isinstance(duration, (int, float)):
+            lines.append(f'<FONT POINT-SIZE="9" COLOR="#333333">{html.escape(_seconds(duration))}</FONT>')
+        error = entry.get("error")
+        if error:
+            error = error.splitlines()[0] if error.strip() else error
+            if len(error) > _ERROR_CHARS:
+                error = error[: _ERROR_CHARS - 3] + "..."
+            lines.append(f'<FONT POINT-SIZE="9" COLOR="#b71c1c">{html.escape(error)}</FONT>')
+    if len(lines) == 1:
+        return f"<{lines[0]}>"
+    # A borderless table rather than <BR/>: its cell padding keeps the name's underscores off the next line.
+    rows = "".join(f"<TR><TD>{line}</TD></TR>" for line in lines)
+    return f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="0" CELLPADDING="1">{rows}</TABLE>>'
+
 
 
 def _tooltip(node: Node, entry: dict | None) -> str:
@@ -122,7 +170,8 @@ def build_graph(
     dot = graphviz.Digraph(
         name,
         graph_attr={"rankdir": rankdir, "label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14"},
-        node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica", "fontsize": "12"},
+        node_attr={"shape": "box", "style": "rounded,filled", "fontname": "Helvetica", "fontsize": "12",
+                   "margin": "0.15,0.08"},
         edge_attr={"color": "#424242", "arrowsize": "0.8", "fontname": "Helvetica", "fontsize": "9"},
     )
     ids = {node: f"n{index}" for index, node in enumerate(nodes)}
@@ -149,7 +198,7 @@ def build_graph(
         css = f"ffnode {node.kind} " + (outcome.replace(" ", "-") if outcome else "no-outcome")
         graph.node(
             ids[node],
-            label=_label(node, call_number.get(node)),
+            label=_label(node, entry),
             tooltip=_tooltip(node, entry),
             **{"class": css},
             **style,
@@ -158,7 +207,9 @@ def build_graph(
     for index, (obj, calls) in enumerate(clusters.items()):
         with dot.subgraph(name=f"cluster_{index}") as sub:
             sub.attr(
-                label=obj.name if obj.name == obj.cls.__name__ else f"{obj.cls.__name__} {obj.name}",
+                label=_cluster_label(obj),
+                labelloc="b",  # arrows into the object come from above; a title there gets crossed
+                labeljust="r",
                 style="rounded,dashed",
                 color=_CHAIN_COLOR,
                 fontcolor=_CHAIN_COLOR,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from functionfuse import workflow
 from functionfuse.backends.builtin.graphback import GraphWorkflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.cli import main
-from functionfuse.errors import GraphvizNotFoundError, InvalidOptionError, MissingExtraError
+from functionfuse.errors import InvalidOptionError, MissingExtraError
 
 
 def test_quickstart_as_in_the_docs(tmp_path):
@@ -68,10 +69,53 @@ def test_default_names_show_the_qualname_and_references_label_edges(tmp_path):
     leaf = join(pair[0], b=pair[1]).set_name("joined")
     svg = read_svg(GraphWorkflow(leaf, workflow_name="refs", doc_path=tmp_path, rankdir="LR").svg())
     default = next(n for n in svg.nodes.values() if n.name == pair.name)
-    assert default.texts[1] == pair.qualname  # a default name: the function is named on a second line
+    assert default.texts[1] == "test_graph.split()"  # a default name: the function, by module, on a second line
     assert svg.nodes["joined"].texts == ["joined"]
     assert [e["label"] for e in svg.edges] == ["[0], [1]"]
     assert "rankdir=LR" in GraphWorkflow(leaf, workflow_name="refs", rankdir="LR").source
+
+
+def test_each_stateful_object_gets_its_own_cluster_and_chain(tmp_path):
+    @workflow
+    class Model:
+        def __init__(self, seed):
+            self.seed = seed
+
+        def fit(self, x):
+            self.seed += x
+            return self.seed
+
+    @workflow
+    class Logger:
+        def __init__(self):
+            self.lines = 0
+
+        def log(self, x):
+            self.lines += 1
+            return self.lines
+
+    @workflow
+    def load(i):
+        return i
+
+    model = Model(load(0)).set_name("model")
+    fits = [model.fit(load(i)).set_name(f"fit_{i}") for i in range(1, 4)]
+    logger = Logger()
+    logs = [logger.log(fit) for fit in fits]
+    svg = read_svg(GraphWorkflow(*logs, workflow_name="two", rankdir="LR").svg())
+    assert sorted(svg.clusters) == sorted([logger.name, "model (Model)"])  # the class, when the name hides it
+    assert svg.nodes["model"].texts == ["model", "Model()"]
+    assert svg.nodes[logger.name].texts == [logger.name, "Logger()"]
+    assert svg.nodes[logs[0].name].texts == [logs[0].name, ".log()"]
+    chain = [(e["from"], e["to"], e["label"]) for e in svg.edges if "chain" in e["classes"]]
+    assert chain == [
+        ("model", "fit_1", "call 1"), ("fit_1", "fit_2", "call 2"), ("fit_2", "fit_3", "call 3"),
+        (logger.name, logs[0].name, "call 1"), (logs[0].name, logs[1].name, "call 2"),
+        (logs[1].name, logs[2].name, "call 3"),
+    ]
+    data = {(e["from"], e["to"]) for e in svg.edges if "data" in e["classes"]}
+    assert {(f"fit_{i}", logs[i - 1].name) for i in range(1, 4)} <= data
+    assert len(svg.nodes) == 12 and len(svg.edges) == 6 + 4 + 3  # chains, loads, fit -> log
 
 
 def test_graph_backend_is_registered_and_imports_by_documented_path():
@@ -92,14 +136,38 @@ def test_bad_options_name_the_workflow_and_option(tmp_path):
         GraphWorkflow(leaf, workflow_name="g", run_record={"no": "nodes"})
 
 
-def test_missing_dot_program_says_how_to_install_it(tmp_path, monkeypatch):
-    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: the real lookup of 'dot' fails
-    wf = GraphWorkflow(quickstart()["result"], workflow_name="nodot", doc_path=tmp_path)
-    with pytest.raises(GraphvizNotFoundError) as info:
-        wf.run()
-    message = str(info.value)
-    assert "\n" not in message and "'dot' is not installed" in message and "apt install graphviz" in message
-    assert wf._repr_svg_() is None  # a notebook falls back to the text repr
+def test_missing_dot_program_says_how_to_install_it(tmp_path):
+    # Real runs with a PATH that has Python but no graphviz: the lookup of 'dot' fails for real.
+    path = os.pathsep.join([str(tmp_path), os.path.dirname(sys.executable)])
+    assert shutil.which("dot", path=path) is None
+    env = {**os.environ, "PATH": path}
+    script = tmp_path / "quick.py"
+    script.write_text(QUICKSTART_SCRIPT)
+    command = [sys.executable, "-m", "functionfuse", "graph", f"{script}:result_of_mult", "-o", str(tmp_path / "q.svg")]
+    cli = subprocess.run(command, capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert cli.returncode == 2 and cli.stdout == ""
+    assert cli.stderr.count("\n") == 1  # one line, no traceback
+    assert "'dot' is not installed" in cli.stderr and "apt install graphviz" in cli.stderr
+
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from graph_fixtures import quickstart\n"
+        "from functionfuse.backends.builtin.graphback import GraphWorkflow\n"
+        "from functionfuse.errors import GraphvizNotFoundError\n"
+        "wf = GraphWorkflow(quickstart()['result'], workflow_name='nodot', doc_path=sys.argv[2])\n"
+        "assert wf._repr_svg_() is None  # a notebook falls back to the text repr\n"
+        "assert set(wf._repr_mimebundle_()) == {'text/plain'}\n"
+        "try:\n"
+        "    wf.run()\n"
+        "except GraphvizNotFoundError as exc:\n"
+        "    print(exc)\n"
+    )
+    api = subprocess.run([sys.executable, "-c", code, os.path.dirname(__file__), str(tmp_path)],
+                         capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert api.returncode == 0, api.stderr
+    assert api.stdout.count("\n") == 1 and "'dot' is not installed" in api.stdout
+    assert "apt install graphviz" in api.stdout
 
 
 def test_module_imports_and_runs_without_the_graphviz_package(tmp_path):

@@ -146,13 +146,13 @@ def test_cli_run_draws_the_bar_on_a_terminal_only(tmp_path):
     assert piped.stdout == "n11: 12\n" and piped.stderr == ""
 
 
-def test_bar_and_record_on_a_ray_backend(tmp_path):
-    """Driver-side hooks only: the same plugins work when nodes run in Ray workers (the raydag addon)."""
+def test_bar_and_record_on_the_ray_backends(tmp_path):
+    """Driver-side hooks only: the same plugins work when nodes run in Ray workers (built-in ray, raydag addon)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     from rich.console import Console
 
-    from plugins_builtin.runrecord import read_run_record
+    from plugins_builtin.runrecord import list_run_records, read_run_record
 
     temp_dir = os.path.join("/tmp", f"ffpg{os.getpid()}")  # Ray's socket paths must stay short
     ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
@@ -164,6 +164,14 @@ def test_bar_and_record_on_a_ray_backend(tmp_path):
         storage = str(tmp_path / "storage")
         assert functionfuse.run(nodes["result"], backend="raydag", workflow_name="onray", storage=storage,
                                 progress=plugin, ray_init_args={"address": address}) == 4
+        builtin = io.StringIO()
+        plugin = ProgressPlugin(console=Console(file=builtin, force_terminal=True, width=160))
+        assert functionfuse.run(nodes["result"], backend="ray", workflow_name="onbuiltin", storage=storage,
+                                progress=plugin, ray_init_args={"address": address}) == 4
+        again = io.StringIO()
+        plugin = ProgressPlugin(console=Console(file=again, force_terminal=True, width=160))
+        assert functionfuse.run(nodes["result"], backend="ray", workflow_name="onbuiltin", storage=storage,
+                                progress=plugin, ray_init_args={"address": address}) == 4
     finally:
         ray.shutdown()
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -172,3 +180,8 @@ def test_bar_and_record_on_a_ray_backend(tmp_path):
     assert record["backend"] == "raydag" and record["counts"]["computed"] == 7
     workers = {entry["worker"] for entry in record["nodes"].values()}
     assert None not in workers and f"pid {os.getpid()}" not in workers  # computed in Ray workers
+    assert "7/7 nodes  0 read back  0 failed" in _plain(builtin.getvalue())
+    assert "7/7 nodes  7 read back  0 failed" in _plain(again.getvalue())
+    runs = list_run_records(functionfuse.storage.as_storage(storage), "onbuiltin")
+    assert [r["backend"] for r in runs] == ["ray", "ray"]
+    assert runs[0]["counts"]["computed"] == 7 and runs[1]["counts"]["stored"] == 7

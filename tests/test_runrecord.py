@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,13 @@ def test_failed_and_stored_nodes_are_coloured_by_outcome(storage, tmp_path):
         assert svg.nodes[name].fill == COLOURS[outcome], name
         assert outcome.replace(" ", "-") in svg.nodes[name].classes
     assert "error: ValueError: minus refuses 3 - 1" in svg.nodes["three_minus_one"].tooltip
+    # What a still picture (PNG, PDF) shows without tooltips: how long each node took, and the error.
+    failed = svg.nodes["three_minus_one"].texts
+    assert failed[0] == "three_minus_one" and failed[-1] == "ValueError: minus refuses 3 - 1"
+    assert re.fullmatch(r"<0\.1 ms|\d+\.\d ms|\d+\.\d\d s", failed[1])
+    assert re.fullmatch(r"<0\.1 ms|\d+\.\d ms|\d+\.\d\d s", svg.nodes["IncrementalSum"].texts[1])
+    assert svg.nodes["four_minus_three"].texts == ["four_minus_three"]  # read back: no time of its own
+    assert svg.nodes["one_plus_two"].texts == ["one_plus_two", ".add()"]  # not reached
     assert svg.legend == ["computed", "1", "stored", "1", "failed", "1", "not reached", "4"]
     assert svg.title == f"ops (run {record['run_id']}: failed)"
     assert len(svg.edges) == 9
@@ -169,3 +177,11 @@ def test_history_and_coloured_graph_commands(storage, tmp_path, capsys):
     capsys.readouterr()
     assert main(["history", root, "never_ran"]) == 2
     assert "workflow 'never_ran' has no run records" in capsys.readouterr().err
+
+
+def test_durations_read_well_in_a_picture():
+    from plugins_builtin.graphback import _seconds
+
+    assert [_seconds(d) for d in (0.00001, 0.0123, 0.5, 1.5, 59.994, 61, 3725)] == [
+        "<0.1 ms", "12.3 ms", "500.0 ms", "1.50 s", "59.99 s", "1 min 01 s", "62 min 05 s",
+    ]
