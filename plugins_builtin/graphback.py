@@ -28,7 +28,7 @@ from functionfuse.frontend import Node, Ref
 from functionfuse.markers import hookimpl
 from functionfuse.workflow import Workflow
 
-__all__ = ["OUTCOME_STYLES", "GraphWorkflow", "build_graph", "notebook_svg"]
+__all__ = ["NOTEBOOK_MAX_NODES", "OUTCOME_STYLES", "GraphWorkflow", "build_graph", "notebook_svg"]
 
 #: node attributes per run outcome (see ``plugins_builtin.runrecord.OUTCOMES``)
 OUTCOME_STYLES: dict[str, dict[str, str]] = {
@@ -373,11 +373,19 @@ class GraphWorkflow(Workflow):
         return self.render()
 
 
+#: a notebook draws workflows up to this many nodes; larger ones show their text repr (draw them to a file)
+NOTEBOOK_MAX_NODES = 1000
+
+
 def notebook_svg(workflow: Workflow) -> str | None:
     """SVG for a notebook's display of any workflow, coloured by its last run when recorded.
 
-    ``None`` (the notebook then shows the text repr) when graphviz or dot is missing.
+    ``None`` (the notebook then shows the text repr) when graphviz or dot is missing, or the
+    workflow has more than :data:`NOTEBOOK_MAX_NODES` nodes (``dot`` would take minutes and the
+    picture would be unreadable in a cell).
     """
+    if len(workflow.nodes) > NOTEBOOK_MAX_NODES:
+        return None
     try:
         graphviz = _graphviz()
         if isinstance(workflow, GraphWorkflow):

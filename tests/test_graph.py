@@ -204,6 +204,21 @@ def test_workflow_displays_as_svg_in_a_notebook():
     assert "nb (run " in after.title and after.title.endswith(": ok)")
 
 
+def test_a_notebook_shows_a_huge_workflow_as_text():
+    from plugins_builtin.graphback import NOTEBOOK_MAX_NODES
+
+    @workflow
+    def step(x):
+        return x + 1
+
+    node = step(0)
+    for _ in range(NOTEBOOK_MAX_NODES):
+        node = step(node)
+    wf = LocalWorkflow(node, workflow_name="long")
+    assert wf._repr_svg_() is None  # dot is not started on it
+    assert wf._repr_mimebundle_() == {"text/plain": f"<LocalWorkflow 'long': {NOTEBOOK_MAX_NODES + 1} nodes>"}
+
+
 def test_cli_graph_writes_the_picture_and_reports_bad_input(tmp_path, capsys):
     script = tmp_path / "quick.py"
     script.write_text(QUICKSTART_SCRIPT)
