@@ -7,6 +7,8 @@ quarter of a second each), so the graphs here are small.
 import base64
 import importlib.metadata
 import os
+import re
+import shutil
 import socket
 
 import cloudpickle
@@ -297,3 +299,15 @@ def test_bad_options_and_unpicklable_nodes_are_refused_naming_them(tmp_path):
     with pytest.raises(KFPCompileError, match="node 'holds_a_lock' of workflow 'ops'"):
         kfp_workflow(locked).compile(tmp_path / "never.yaml")
     assert not (tmp_path / "never.yaml").exists()
+
+
+def test_readme_example_runs():
+    readme = os.path.join(os.path.dirname(__file__), "..", "contrib", "kfp", "README.md")
+    with open(readme) as handle:
+        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.DOTALL)
+    assert len(blocks) == 1
+    namespace = {"__name__": "readme_example"}
+    exec(compile(blocks[0], "contrib/kfp/README.md", "exec"), namespace)  # noqa: S102 (our own docs)
+    with open(namespace["path"]) as handle:
+        assert set(yaml.safe_load(handle)["root"]["dag"]["tasks"]) == {"node1", "node2", "node3"}
+    shutil.rmtree(os.path.dirname(namespace["path"]))
