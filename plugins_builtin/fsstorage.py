@@ -54,6 +54,8 @@ class FileStorage(Storage):
         self.fs = fs
         self.kind = kind
         self.local = isinstance(fs, LocalFileSystem)
+        protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+        self.object_store = bool(protocols & _OBJECT_STORES)
         root = fs._strip_protocol(path) if not self.local else os.path.abspath(path)
         self.root = root.rstrip("/") or "/"
         self._made: set[str] = set()
@@ -84,6 +86,9 @@ class FileStorage(Storage):
 
     def _ensure_dir(self, folder: str) -> None:
         if folder in self._made:
+            return
+        if self.object_store:  # no folders there; and s3fs' makedirs would create a missing bucket
+            self._made.add(folder)
             return
         try:
             if self.local:
@@ -140,9 +145,8 @@ class FileStorage(Storage):
                 written.append(number)
                 storage._used_serializers[serializer.name] = serializer  # so this storage can read it back
                 if number == 0:
-                    if storage.fs.exists(data_dir):
-                        storage.fs.rm(data_dir, recursive=True)
-                    storage.fs.makedirs(data_dir, exist_ok=True)
+                    storage._remove_data(data_dir)  # leftovers of an earlier save of this node
+                    storage._ensure_dir(data_dir)
                 try:
                     token = serializer.write(item, storage.fs, f"{data_dir}/{number}")
                 except Exception as exc:
@@ -346,9 +350,16 @@ class _ResultUnpickler(pickle.Unpickler):
         except FileNotFoundError as exc:
             raise CorruptResultError(
                 f"{storage.describe()}: data of node {self.task_name!r} (workflow {self.workflow_name!r}) "
-                f"written by serializer {name!r} is missing at {path}"
+                f"written by serializer {name!r} is missing or incomplete at {path}: {exc}"
+            ) from exc
+        except Exception as exc:
+            raise SerializationError(
+                f"serializer {name!r} failed to read the result of node {self.task_name!r} "
+                f"(workflow {self.workflow_name!r}) from {storage.describe()}: {type(exc).__name__}: {exc}"
             ) from exc
 
+
+_OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex, list, tuple, dict, set, frozenset})
 
@@ -363,19 +374,69 @@ def file_storage(options: dict) -> FileStorage:
 
 
 def s3_storage(options: dict) -> FileStorage:
-    """The ``S3`` kind: ``{"path": "bucket/prefix", "s3fs": {s3fs.S3FileSystem arguments}}``."""
+    """The ``S3`` kind: ``{"path": "bucket/prefix", "s3fs": {s3fs.S3FileSystem arguments}}``.
+
+    The bucket is checked once, here, with one short attempt: an unreachable
+    endpoint, rejected credentials or a missing bucket fail within seconds with
+    an error naming the storage, instead of retrying for minutes at the first save.
+    """
     from functionfuse.errors import InvalidOptionError
 
-    if "path" not in options:
+    path = options.get("path")
+    if not isinstance(path, str) or not path.strip("/"):
         raise InvalidOptionError('storage kind "S3" needs the option "path" (bucket/prefix)')
+    path = path.removeprefix("s3://")
     try:
         import s3fs
     except ModuleNotFoundError as exc:
         from functionfuse.errors import MissingExtraError
 
         raise MissingExtraError('storage kind "S3" needs s3fs: run pip install "functionfuse[s3]"') from exc
-    fs = s3fs.S3FileSystem(**(options.get("s3fs") or {}))
-    return FileStorage(options["path"], fs=fs, kind="S3")
+    if not isinstance(options.get("s3fs") or {}, dict):
+        raise InvalidOptionError('storage kind "S3": the option "s3fs" must be a dict of s3fs.S3FileSystem arguments')
+    fs_options = dict(options.get("s3fs") or {})
+    # Results written by other processes (Ray workers, zarr) must show up: no stale listings.
+    fs_options.setdefault("use_listings_cache", False)
+    config = dict(fs_options.get("config_kwargs") or {})
+    config.setdefault("connect_timeout", 5)  # botocore waits 60 s by default
+    fs_options["config_kwargs"] = config
+    try:
+        fs = s3fs.S3FileSystem(**fs_options)
+    except TypeError as exc:
+        raise InvalidOptionError(f'storage kind "S3": bad "s3fs" options: {exc}') from exc
+    storage = FileStorage(path, fs=fs, kind="S3")
+    if options.get("check", True):
+        _check_bucket(fs_options, path.strip("/").split("/", 1)[0], storage.describe())
+    return storage
+
+
+def _check_bucket(fs_options: dict, bucket: str, where: str) -> None:
+    """One quick HEAD of the bucket, without retries; raises a StorageError naming the storage."""
+    import s3fs
+
+    config = dict(fs_options.get("config_kwargs") or {})
+    config.update(connect_timeout=3, read_timeout=3, retries={"max_attempts": 1, "mode": "standard"})
+    probe = s3fs.S3FileSystem(**{**fs_options, "config_kwargs": config, "skip_instance_cache": True})
+    probe.retries = 1  # s3fs' own retry loop (5 attempts with back-off by default)
+    endpoint = fs_options.get("endpoint_url") or (fs_options.get("client_kwargs") or {}).get("endpoint_url") or "AWS"
+    try:
+        probe.call_s3("head_bucket", Bucket=bucket)
+    except FileNotFoundError as exc:
+        raise StorageError(f"{where}: the bucket {bucket!r} does not exist (endpoint {endpoint})") from exc
+    except PermissionError as exc:
+        raise StorageError(
+            f"{where}: access to the bucket {bucket!r} was refused (endpoint {endpoint}): "
+            f"wrong credentials, or no permission on it ({exc})"
+        ) from exc
+    except Exception as exc:
+        if type(exc).__name__ == "NoCredentialsError":
+            raise StorageError(
+                f'{where}: no S3 credentials were found: give "key" and "secret" in the "s3fs" options, '
+                "or set up AWS credentials (environment, ~/.aws)"
+            ) from exc
+        raise StorageError(
+            f"{where}: cannot reach the S3 endpoint {endpoint}: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 @hookimpl
