@@ -21,10 +21,14 @@ os.environ.pop("PREFECT_API_URL", None)
 assert "prefect" not in sys.modules, "prefect was imported before its test settings were set"
 
 import importlib.metadata
+import io
 import pathlib
+import re
+import subprocess
 import threading
 
 import pytest
+from rich.console import Console
 
 import functionfuse
 from functionfuse import workflow
@@ -32,6 +36,8 @@ from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
 from functionfuse.errors import InvalidOptionError, NodeExecutionError, UnknownQueryAttributeError
 from functionfuse.markers import hookimpl
+from plugins_builtin.progress import ProgressPlugin
+from plugins_builtin.runrecord import list_run_records, read_run_record
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -141,6 +147,38 @@ def test_bad_options_are_refused_naming_them():
     assert wf.node_attrs == {}
 
 
+def test_functionfuse_plugins_lists_the_addon(capsys):
+    from functionfuse.cli import main
+
+    assert main(["plugins"]) == 0
+    rows = {line.split()[0]: line.split(None, 3)[1:] for line in capsys.readouterr().out.splitlines()}
+    version = importlib.metadata.version("functionfuse-prefect")
+    assert rows["prefect"] == ["functionfuse-prefect", version, "ff_backends, ff_query_assign"]
+
+
+def test_without_the_addon_the_import_path_names_the_package_to_install():
+    # Entry points off: what a user without contrib/prefect installed sees.
+    code = (
+        "try:\n"
+        "    from functionfuse.backends.addons.prefectback import PrefectWorkflow\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {**os.environ, "FUNCTIONFUSE_DISABLE_PLUGIN_AUTOLOAD": "1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env,
+                          check=True)
+    assert done.stdout.strip() == (
+        "no installed plugin provides the backend 'prefect' (PrefectWorkflow): install it with pip install ./contrib/prefect"
+    )
+    assert "prefect" not in done.stderr
+
+
+def test_addon_pins_fastapi_below_0_151():
+    requires = importlib.metadata.requires("functionfuse-prefect")
+    assert any(r.replace(" ", "").startswith("fastapi<0.151") for r in requires), requires
+    assert any(r.replace(" ", "").startswith("prefect") for r in requires)
+
+
 # -- flow runs ----------------------------------------------------------------------------------------
 
 
@@ -180,10 +218,20 @@ def test_storage_second_run_computes_nothing(tmp_path):
     assert sorted(CALLS) == ["add", "add", "multiply"]
 
     CALLS.clear()
-    wf = prefect_workflow(leaf, name="stored").set_storage(storage)
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+    buffer = io.StringIO()
+    bar = ProgressPlugin(console=Console(file=buffer, force_terminal=True, width=160))
+    wf = PrefectWorkflow(leaf, workflow_name="stored", progress=bar).set_storage(storage)
     assert wf.run() == 6
     assert CALLS == []  # every result was read back
     assert sorted(wf.storage.list_tasks("stored")) == ["node1", "node2", "node3"]
+    # The progress bar and the run record work on this backend as on the others.
+    assert "3/3 nodes  3 read back  0 failed" in re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", buffer.getvalue())
+    first, second = list_run_records(wf.storage, "stored")
+    assert first["backend"] == second["backend"] == "prefect"
+    assert first["counts"]["computed"] == 3 and second["counts"]["stored"] == 3
+    assert first["nodes"]["node3"]["duration"] >= 0 and first["nodes"]["node3"]["worker"].startswith("pid ")
 
 
 def test_persisted_results_and_concurrent_task_runner():
@@ -309,3 +357,46 @@ def test_node_error_names_the_node_and_chains_the_cause(tmp_path):
     assert isinstance(info.value.__cause__, ValueError)
     assert errors == [("broken", "ValueError")]
     assert wf.storage.list_tasks("failing") == ["fine"]  # what finished before the failure stays saved
+    record = read_run_record(wf.storage, "failing")
+    assert record["status"] == "failed"
+    assert {n: e["outcome"] for n, e in record["nodes"].items()} == {"fine": "computed", "broken": "failed"}
+    assert record["nodes"]["broken"]["error"] == "ValueError: cannot use 3"
+
+
+FLOW_SCRIPT = """
+from functionfuse import workflow
+from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+
+@workflow
+def add(a, b):
+    return a + b
+
+
+n1 = add(1, 1).set_name("node1")
+n2 = add(n1, 1).set_name("node2")
+my_flow = PrefectWorkflow(add(n1, n2).set_name("node3"), workflow_name="deployable").generate_flow()
+"""
+
+
+def test_generated_flow_loads_from_an_entrypoint_and_travels_by_cloudpickle(tmp_path):
+    """How Prefect gets the flow to run elsewhere: a worker loads ``script.py:var``; a runner pickles it."""
+    import cloudpickle
+    from prefect import Flow
+    from prefect.flows import load_flow_from_entrypoint
+
+    script = tmp_path / "pipeline.py"
+    script.write_text(FLOW_SCRIPT)
+    flow = load_flow_from_entrypoint(f"{script}:my_flow", use_placeholder_flow=False)
+    assert isinstance(flow, Flow) and flow.name == "deployable"
+    copy = cloudpickle.loads(cloudpickle.dumps(flow))
+    assert copy() == 5
+
+
+def test_readme_example_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the example's storage folder goes here
+    readme = pathlib.Path(__file__).resolve().parents[1] / "contrib" / "prefect" / "README.md"
+    example = re.search(r"## Use\n\n```python\n(.*?)```", readme.read_text(), re.DOTALL).group(1)
+    exec(compile(example, "contrib/prefect/README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
+    stored = functionfuse.storage.as_storage(str(tmp_path / "storage"))
+    assert stored.list_tasks("operations") == ["node1", "node2", "node3"]
