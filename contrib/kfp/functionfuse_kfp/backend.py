@@ -83,28 +83,29 @@ def _component_function(inputs: int, has_state: bool) -> Any:
     """
     key = (inputs, has_state)
     found = _COMPONENT_FUNCTIONS.get(key)
-    if found is not None:
-        return found
-    name = f"functionfuse_node_{inputs}{'_state' if has_state else ''}"
-    params = ["payload: str"] + [f"parent_{i}: Input[Artifact]" for i in range(inputs)]
-    params.append("value: Output[Artifact]")
-    if has_state:
-        params.append("state: Output[Artifact]")
-    paths = ", ".join(f"parent_{i}.path" for i in range(inputs))
-    source = (
-        f"def {name}({', '.join(params)}):\n"
-        f"    ff_run_node(payload, [{paths}], value.path, {'state.path' if has_state else 'None'})\n"
-    )
-    filename = f"<functionfuse-kfp component {name}>"
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    from kfp.dsl import Artifact, Input, Output
+    if found is None:
+        name = f"functionfuse_node_{inputs}{'_state' if has_state else ''}"
+        params = ["payload: str"] + [f"parent_{i}: Input[Artifact]" for i in range(inputs)]
+        params.append("value: Output[Artifact]")
+        if has_state:
+            params.append("state: Output[Artifact]")
+        paths = ", ".join(f"parent_{i}.path" for i in range(inputs))
+        source = (
+            f"def {name}({', '.join(params)}):\n"
+            f"    ff_run_node(payload, [{paths}], value.path, {'state.path' if has_state else 'None'})\n"
+        )
+        filename = f"<functionfuse-kfp component {name}>"
+        from kfp.dsl import Artifact, Input, Output
 
-    namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "ff_run_node": ff_run_node}
-    # dont_inherit: this module's `from __future__ import annotations` would turn the annotations KFP reads into strings
-    exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - generated from fixed text
-    func = namespace[name]
-    func.__module__ = __name__
-    _COMPONENT_FUNCTIONS[key] = func
+        namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "ff_run_node": ff_run_node}
+        # dont_inherit: this module's `from __future__ import annotations` would turn the annotations KFP reads into strings
+        exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - generated from fixed text
+        func = namespace[name]
+        func.__module__ = __name__
+        found = _COMPONENT_FUNCTIONS[key] = (func, filename, source)
+    func, filename, source = found
+    # every time: anyone may have cleared linecache (linecache.clearcache) since
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return func
 
 
