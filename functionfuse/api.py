@@ -24,8 +24,11 @@ def backend_class(name: str, plugins: Iterable[Any] = (), disable: Iterable[str]
     found = registrations(get_plugin_manager(tuple(plugins), tuple(disable)), "ff_backends")
     registration = found.get(name)
     if registration is None:
+        from .backends import ADDON_BACKENDS
+
+        hint = f"; it comes with an addon: {ADDON_BACKENDS[name]}" if name in ADDON_BACKENDS else ""
         raise UnknownBackendError(
-            f"unknown backend {name!r}; the backends that exist are: {', '.join(sorted(found))}"
+            f"unknown backend {name!r}{hint}; the backends that exist are: {', '.join(sorted(found))}"
         )
     return load_target(registration, "backend")
 

@@ -287,6 +287,12 @@ def test_hook_ff_backends():
         functionfuse.run(small_graph(), backend="needs_extra", plugins=[SleepyBackend()])
 
 
+def test_addon_backend_not_installed_names_its_install_command():
+    # the prefect addon's entry point is blocked, as if it were not installed
+    with pytest.raises(functionfuse.errors.UnknownBackendError, match=r"'prefect'.*pip install \./contrib/prefect"):
+        functionfuse.run(small_graph(), backend="prefect", disable=["prefect"])
+
+
 class MemoryKind:
     @hookimpl
     def ff_storage_kinds(self, register):

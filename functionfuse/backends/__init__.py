@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+#: backends that addon distributions of this repository provide, and how to install each
+ADDON_BACKENDS: dict[str, str] = {
+    "prefect": "pip install ./contrib/prefect",
+    "kfp": "pip install ./contrib/kfp",
+    "raydag": "pip install ./contrib/raydag",
+}
+
 
 def registered_attribute(kind: str, name: str, attribute: str, install_hint: str | None = None) -> Callable[[str], Any]:
     """A module ``__getattr__`` that returns what a plugin registered as ``name``.

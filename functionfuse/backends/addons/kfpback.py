@@ -1,5 +1,5 @@
 """``from functionfuse.backends.addons.kfpback import KFPWorkflow`` (addon ``functionfuse-kfp``)."""
 
-from .. import registered_attribute
+from .. import ADDON_BACKENDS, registered_attribute
 
-__getattr__ = registered_attribute("backend", "kfp", "KFPWorkflow", "pip install ./contrib/kfp")
+__getattr__ = registered_attribute("backend", "kfp", "KFPWorkflow", ADDON_BACKENDS["kfp"])

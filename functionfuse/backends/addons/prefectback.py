@@ -1,5 +1,5 @@
 """``from functionfuse.backends.addons.prefectback import PrefectWorkflow`` (addon ``functionfuse-prefect``)."""
 
-from .. import registered_attribute
+from .. import ADDON_BACKENDS, registered_attribute
 
-__getattr__ = registered_attribute("backend", "prefect", "PrefectWorkflow", "pip install ./contrib/prefect")
+__getattr__ = registered_attribute("backend", "prefect", "PrefectWorkflow", ADDON_BACKENDS["prefect"])

@@ -1,5 +1,5 @@
 """``from functionfuse.backends.addons.rayworkflowback import RayWorkflow`` (addon ``functionfuse-raydag``)."""
 
-from .. import registered_attribute
+from .. import ADDON_BACKENDS, registered_attribute
 
-__getattr__ = registered_attribute("backend", "raydag", "RayWorkflow", "pip install ./contrib/raydag")
+__getattr__ = registered_attribute("backend", "raydag", "RayWorkflow", ADDON_BACKENDS["raydag"])
