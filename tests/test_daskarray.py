@@ -310,3 +310,45 @@ def test_two_gib_array_stored_and_read_in_chunks(tmp_path):
     assert report["means"] == [float(i) for i in range(64)] and report["last"] == 63.0
     # far below the array's 2048 MiB: only a few 32 MiB chunks are ever in memory
     assert report["peak_rss_mb"] < 512, report
+
+
+# ---------------------------------------------------------------------------
+# on Ray: workers write the zarr data to S3 and the next node reads it there
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    from ray_fixtures import start_local_cluster, stop_local_cluster
+
+    ray, temp_dir = start_local_cluster(__name__)
+    yield ray
+    stop_local_cluster(ray, temp_dir)
+
+
+@workflow
+def square_on_worker(x):
+    return {"squared": x ** 2, "got_zarr": zarr_backed(x), "pid": os.getpid()}
+
+
+@workflow
+def total_on_worker(result):
+    return int(result["squared"].sum().compute()), result["got_zarr"], zarr_backed(result["squared"]), result["pid"]
+
+
+@pytest.mark.timeout(180)
+def test_seed_dask_workflow_on_ray_with_s3(ray_cluster, moto_s3):
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+
+    storage = storage_factory(moto_s3.storage_options(f"{moto_s3.new_bucket()}/ray"))
+    storage.register_persistent_serializers(DaskArraySerializer)
+    storage.always_read = True
+    squared = square_on_worker(dask_array(10_000).set_name("array")).set_name("squared")
+    wf = RayWorkflow(total_on_worker(squared).set_name("total"), workflow_name="dask")
+    wf.set_storage(storage)
+    value, got_zarr, next_got_zarr, worker_pid = wf.run()
+    assert value == EXPECTED and got_zarr and next_got_zarr and worker_pid != os.getpid()
+    assert storage.list_tasks("dask") == ["array", "squared", "total"]
+    assert sum(f.startswith("0/c/") for f in data_files(storage, "dask", "squared")) == 10
+    back = storage.read_task("dask", "squared")
+    assert zarr_backed(back["squared"]) and back["squared"].chunks == ((1_000,) * 10,)
