@@ -70,8 +70,15 @@ def validate_remote_args(remote_args: Any, where: str, actor: bool = False) -> d
         if key not in known:
             kind = "actor (stateful node)" if actor else "task"
             raise InvalidOptionError(
-                f"{where}: {key!r} is not a ray.remote {kind} option; valid ones are {', '.join(sorted(known))}"
+                f"{where}: {key!r} is not a ray.remote {kind} option; valid ones are "
+                f"{', '.join(sorted(k for k in known if k != 'num_returns'))}"
             )
+    if "num_returns" in remote_args:
+        # Every node's task returns its run record and its value; more returns would break that.
+        raise InvalidOptionError(
+            f"{where}: 'num_returns' is set by the ray backend (a node returns one value); "
+            "return a tuple and take its parts with node[i] instead"
+        )
     try:
         if actor:
             options.validate_actor_options(dict(remote_args), in_options=True)

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 from ray_fixtures import DriverOnly, start_local_cluster, stop_local_cluster
@@ -114,6 +118,22 @@ def draw():
 @workflow
 def current_flag():
     return socket.getdefaulttimeout()
+
+
+@workflow
+def flaky(marks):
+    # fails on its first try, succeeds on the second: only a retry by Ray can make it pass
+    with open(marks, "a") as handle:
+        handle.write("x")
+    tries = os.path.getsize(marks)
+    if tries < 2:
+        raise ConnectionError("first try fails")
+    return tries
+
+
+@workflow
+def env_probe():
+    return os.environ.get("FF_PROBE")
 
 
 def set_flag():
@@ -239,6 +259,100 @@ def test_seed_page_ray_workflow(tmp_path):
     assert {"node1.ffr", "node2.ffr"} <= set(os.listdir(tmp_path / "storage" / "sums"))
 
 
+DOC = Path(__file__).resolve().parents[1] / "docs" / "backends-ray.md"
+
+
+def test_docs_backends_ray_md_runs_as_written(tmp_path, monkeypatch, capsys):
+    """Every python block of docs/backends-ray.md, in order; each ``print(...)  # output`` shows what it prints."""
+    monkeypatch.chdir(tmp_path)
+    text = DOC.read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) >= 12
+    namespace: dict = {"__name__": "docs_backends_ray"}  # not importable: Ray pickles its functions by value
+    for block in blocks:
+        exec(compile(block, "docs/backends-ray.md example", "exec"), namespace)  # noqa: S102 - the doc's own code
+    printed = capsys.readouterr().out.splitlines()
+    expected = [c.strip() for block in blocks for c in re.findall(r"^\s*print\(.*\)  # (.*)$", block, re.MULTILINE)]
+    assert len(expected) >= 10
+    lines = iter(printed)
+    for comment in expected:  # in order, each comment matches a printed line; "..." stands for anything
+        pattern = ".*".join(re.escape(part) for part in comment.split("..."))
+        assert any(re.fullmatch(pattern, line) for line in lines), f"the doc says {comment!r}; printed: {printed}"
+    assert "FF_RUN_ID" not in os.environ  # the callable ff_prepare_node returned ran in the worker only
+    assert decimal_precision_of_driver() == 28
+    assert {"node1.ffr", "node2.ffr"} <= set(os.listdir(tmp_path / "storage" / "sums"))
+    # the plugin's driver hook printed where the node ran: a Ray worker, not this process
+    ran = [line for line in printed if line.startswith("run_id: ")]
+    assert len(ran) == 1 and f"pid {os.getpid()} " not in ran[0]
+
+
+def decimal_precision_of_driver():
+    import decimal
+
+    return decimal.getcontext().prec
+
+
+JOIN_BY_ADDRESS = """
+import sys
+
+import ray
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.rayback import RayWorkflow
+
+@workflow
+def add(a, b):
+    return a + b
+
+address = sys.argv[1]
+print(ray.is_initialized())
+wf = RayWorkflow(add(add(1, 2), 3), workflow_name="joined", ray_init_args={"address": address, "log_to_driver": False})
+print(wf.run())
+print(ray.get_runtime_context().gcs_address == address)
+# initialised now: these ray_init_args are not used, the address is never dialled
+print(RayWorkflow(add(1, 1), workflow_name="again", ray_init_args={"address": "ray://nowhere.invalid:1"}).run())
+"""
+
+NOTEBOOK = """
+import sys
+
+import ray
+
+from functionfuse.storage import storage_factory
+
+address, path = sys.argv[1], sys.argv[2]
+storage = storage_factory({"kind": "ray", "options": {
+    "path": path, "remoteArgs": {"resources": {"_disk": 0.001}}, "rayInitArgs": {"address": address},
+}})
+print(ray.is_initialized())
+print(storage.list_tasks(workflow_name="shared"))
+print(storage.read_task(workflow_name="shared", task_name="node2"))
+print(ray.get_runtime_context().gcs_address == address)
+"""
+
+
+def test_ray_init_is_called_only_when_ray_is_not_initialised(tmp_path, ray_cluster):
+    """A fresh process connects with ray_init_args (rayInitArgs for a storage); an initialised one is left as is."""
+    address = ray_cluster.get_runtime_context().gcs_address
+    store = str(tmp_path / "store")
+    storage = storage_factory({"kind": "ray", "options": {"path": store, "remoteArgs": {"resources": {"_disk": 0.001}}}})
+    n2 = add(add(1, 1).set_name("node1"), 1).set_name("node2")
+    assert RayWorkflow(n2, workflow_name="shared").set_storage(storage).run() == 3
+
+    def run(script, *args):
+        path = tmp_path / "script.py"
+        path.write_text(script)
+        done = subprocess.run([sys.executable, str(path), *args], check=False, capture_output=True, text=True, timeout=90,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout.split()
+
+    # RayWorkflow.run() in a process where Ray is not initialised: ray.init(**ray_init_args)
+    assert run(JOIN_BY_ADDRESS, address) == ["False", "6", "True", "2"]
+    # a notebook connected to the cluster only through the storage's rayInitArgs
+    assert run(NOTEBOOK, address, store) == ["False", "['node1',", "'node2']", "3", "True"]
+
+
 # ---------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------
@@ -324,6 +438,24 @@ def test_driver_hooks_fire_as_results_arrive():
     assert sorted(recorder.names("after")) == sorted(names)
     info = recorder.infos["total"]
     assert info["worker"] != f"pid {os.getpid()}" and info["duration"] >= 0 and info["node_id"]
+
+
+def test_remote_args_reach_ray(tmp_path):
+    once = flaky(str(tmp_path / "once")).set_name("flaky")
+    with pytest.raises(NodeExecutionError, match="node 'flaky'.*ConnectionError: first try fails"):
+        RayWorkflow(once, workflow_name="retries").run()  # no retry unless asked
+    assert (tmp_path / "once").read_text() == "x"
+
+    retried = flaky(str(tmp_path / "twice")).set_name("flaky")
+    wf = RayWorkflow(retried, workflow_name="retries")
+    wf.query("^flaky$").set_remote_args({"max_retries": 1, "retry_exceptions": True})
+    assert wf.run() == 2
+
+    probe = env_probe().set_name("probe")
+    wf = RayWorkflow(probe, workflow_name="env")
+    assert wf.run() is None
+    wf.query("^probe$").set_remote_args({"runtime_env": {"env_vars": {"FF_PROBE": "set by runtime_env"}}})
+    assert wf.run() == "set by runtime_env"
 
 
 # ---------------------------------------------------------------------------
@@ -436,6 +568,8 @@ def test_unknown_remote_arg_key_is_refused_naming_key_and_node():
         wf.query("^node1$").set_remote_args({"num_cpus": -1})
     with pytest.raises(InvalidOptionError, match="must be a dict"):
         wf.query("^node1$").set_remote_args(["num_cpus"])
+    with pytest.raises(InvalidOptionError, match="node 'node1'.*'num_returns' is set by the ray backend"):
+        wf.query("^node1$").set_remote_args({"num_returns": 2})
     c = Counter(start=1).set_name("counter")
     wf = RayWorkflow(c.add(1), workflow_name="opts")
     with pytest.raises(InvalidOptionError, match=r"node 'counter'.*'max_retries' is not a ray.remote actor \(stateful node\) option"):
