@@ -13,18 +13,26 @@ written last, so it is the commit mark of its serializer data too.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
 import struct
 import uuid
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from functionfuse.errors import CorruptResultError, SerializationError, StorageError, TaskNotFoundError
+from functionfuse.errors import (
+    CorruptResultError,
+    FunctionFuseError,
+    SerializationError,
+    StorageError,
+    TaskNotFoundError,
+)
 from functionfuse.markers import hookimpl
 from functionfuse.storage import Storage
 
@@ -35,6 +43,21 @@ _HEADER = struct.Struct("<4sQI")  # magic, payload length, CRC32 of payload
 RESULT_SUFFIX = ".ffr"
 DATA_SUFFIX = ".ffd"
 META_DIR = ".ffmeta"
+
+
+def _reported(method: Callable) -> Callable:
+    """Failures of the filesystem (network, permissions) become a StorageError naming the storage."""
+
+    @functools.wraps(method)
+    def reporting(self: FileStorage, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except FunctionFuseError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"{self.describe()}: {method.__name__} failed: {type(exc).__name__}: {exc}") from exc
+
+    return reporting
 
 
 class FileStorage(Storage):
@@ -222,6 +245,11 @@ class FileStorage(Storage):
             raise TaskNotFoundError(
                 f"{self.describe()}: no stored result for node {task_name!r} in workflow {workflow_name!r}"
             ) from exc
+        except Exception as exc:
+            raise StorageError(
+                f"{self.describe()}: reading node {task_name!r} of workflow {workflow_name!r} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
         payload = self._verify(blob, workflow_name, task_name)
         return self._loads(payload, workflow_name, task_name)
 
@@ -239,6 +267,7 @@ class FileStorage(Storage):
             raise CorruptResultError(f"{where} fails its checksum")
         return payload
 
+    @_reported
     def file_exists(self, workflow_name: str, task_name: str) -> bool:
         self.check_names(workflow_name, task_name)
         path = self._result_path(workflow_name, task_name)
@@ -252,6 +281,7 @@ class FileStorage(Storage):
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    @_reported
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
         self.check_names(workflow_name)
         names = [
@@ -261,6 +291,7 @@ class FileStorage(Storage):
         ]
         return self.match_pattern(names, pattern)
 
+    @_reported
     def list_workflows(self) -> list[str]:
         if self.local:
             entries = [e for e in self._listdir(self.root) if os.path.isdir(os.path.join(self.root, e))]
@@ -275,6 +306,7 @@ class FileStorage(Storage):
                 entries = []
         return sorted(e for e in entries if not e.startswith("."))
 
+    @_reported
     def remove_task(self, workflow_name: str, task_name: str | None = None, pattern: str | None = None) -> list[str]:
         self.check_names(workflow_name, task_name)
         if task_name is not None:
@@ -290,6 +322,7 @@ class FileStorage(Storage):
             self._remove_data(self._data_dir(workflow_name, name))
         return names
 
+    @_reported
     def remove_workflow(self, workflow_name: str) -> None:
         self.check_names(workflow_name)
         folder = self._workflow_dir(workflow_name)
@@ -300,11 +333,13 @@ class FileStorage(Storage):
         except FileNotFoundError:
             pass
 
+    @_reported
     def new_workflow(self, workflow_name: str) -> None:
         self.check_names(workflow_name)
         self._ensure_dir(self._workflow_dir(workflow_name))
 
     # -- metadata ----------------------------------------------------------------
+    @_reported
     def save_meta(self, workflow_name: str, key: str, data: bytes) -> None:
         self.check_names(workflow_name, key)
         folder = f"{self._workflow_dir(workflow_name)}/{META_DIR}"
@@ -318,6 +353,7 @@ class FileStorage(Storage):
         else:
             self.fs.pipe_file(path, data)
 
+    @_reported
     def read_meta(self, workflow_name: str, key: str) -> bytes | None:
         self.check_names(workflow_name, key)
         try:
@@ -325,6 +361,7 @@ class FileStorage(Storage):
         except FileNotFoundError:
             return None
 
+    @_reported
     def list_meta(self, workflow_name: str, pattern: str = "*") -> list[str]:
         self.check_names(workflow_name)
         names = [e for e in self._listdir(f"{self._workflow_dir(workflow_name)}/{META_DIR}") if not e.startswith(".")]
@@ -399,6 +436,7 @@ def s3_storage(options: dict) -> FileStorage:
     fs_options.setdefault("use_listings_cache", False)
     config = dict(fs_options.get("config_kwargs") or {})
     config.setdefault("connect_timeout", 5)  # botocore waits 60 s by default
+    config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})  # AWS' recommended mode; fails in seconds
     fs_options["config_kwargs"] = config
     try:
         fs = s3fs.S3FileSystem(**fs_options)

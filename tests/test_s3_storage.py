@@ -176,6 +176,33 @@ def test_wrong_credentials_are_named():
         process.wait(timeout=30)
 
 
+def test_endpoint_lost_mid_run_fails_within_seconds():
+    with running_moto() as server:
+        bucket = server.new_bucket()
+        storage = storage_factory(server.storage_options(f"{bucket}/lost"))
+        storage.save("wf", "before", 1)
+    # the server is gone now
+    for call, match in [
+        (lambda: storage.save("wf", "after", 2), "saving node 'after' of workflow 'wf' failed"),
+        (lambda: storage.read_task("wf", "before"), "reading node 'before' of workflow 'wf' failed"),
+        (lambda: storage.list_tasks("wf"), "list_tasks failed"),
+    ]:
+        start = time.monotonic()
+        with pytest.raises(StorageError, match=rf"S3 storage s3://{bucket}/lost: {match}"):
+            call()
+        assert time.monotonic() - start < 15
+
+
+def test_check_false_skips_the_bucket_check():
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    options = {"path": "bucket/x", "check": False, "s3fs": {"endpoint_url": f"http://127.0.0.1:{port}", **CREDENTIALS}}
+    storage = storage_factory({"kind": "S3", "options": options})  # nothing is contacted yet
+    with pytest.raises(StorageError, match="S3 storage s3://bucket/x: list_tasks failed"):
+        storage.list_tasks("wf")
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
