@@ -352,3 +352,37 @@ def test_seed_dask_workflow_on_ray_with_s3(ray_cluster, moto_s3):
     assert sum(f.startswith("0/c/") for f in data_files(storage, "dask", "squared")) == 10
     back = storage.read_task("dask", "squared")
     assert zarr_backed(back["squared"]) and back["squared"].chunks == ((1_000,) * 10,)
+
+
+# ---------------------------------------------------------------------------
+# the examples of docs/storage.md run as written
+# ---------------------------------------------------------------------------
+
+
+def test_storage_docs_examples_run(tmp_path, monkeypatch, capsys):
+    import re
+    from pathlib import Path
+
+    import functionfuse
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "storage.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert len(blocks) == 4
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, "docs/storage.md example", "exec"), namespace)  # noqa: S102 (the docs are the test)
+    assert capsys.readouterr().out.split() == ["333283335000", "True"]
+    storage = namespace["storage"]
+    assert storage.list_tasks("dask") == ["array", "total"]
+    assert not (tmp_path / "storage" / "dask" / "squared.ffd").exists()
+
+    # the plugin of the example writes Celsius objects for every run
+    @workflow
+    def reading():
+        return {"t": namespace["Celsius"](21.5)}
+
+    functionfuse.run(reading().set_name("reading"), workflow_name="temps", storage=storage,
+                     plugins=[namespace["CelsiusPlugin"]()])
+    assert (tmp_path / "storage" / "temps" / "reading.ffd" / "0").read_text() == "21.5"
+    assert storage.read_task("temps", "reading")["t"].degrees == 21.5
