@@ -59,6 +59,9 @@ def test_quickstart_saved_listed_read_resumed_removed(moto_s3):
     assert storage.list_tasks("operations") == ["node1", "node2", "node3"]
     assert storage.list_tasks("operations", pattern="node[12]") == ["node1", "node2"]
     assert storage.read_task("operations", "node2") == 3
+    assert "runrecord-latest.json" in storage.list_meta("operations")  # the run record, beside the results
+    storage.save_meta("operations", "note", b"hello")
+    assert storage.read_meta("operations", "note") == b"hello" and storage.read_meta("operations", "none") is None
     assert storage.file_exists("operations", "node3") and not storage.file_exists("operations", "node4")
     keys = moto_s3.client().list_objects_v2(Bucket=bucket)["Contents"]
     assert {"runs/operations/node1.ffr", "runs/operations/node3.ffr"} <= {k["Key"] for k in keys}
