@@ -87,6 +87,12 @@ def die(x):
 
 
 @workflow
+class Fragile:
+    def crash(self):
+        os._exit(3)
+
+
+@workflow
 def where():
     import ray
 
@@ -552,6 +558,9 @@ def test_worker_death_is_an_error_not_a_hang():
     after = add(dead, 1).set_name("after")
     with pytest.raises(NodeExecutionError, match="node 'dies'.*worker process running it died"):
         RayWorkflow(after, workflow_name="crash").run()
+    crash = Fragile().set_name("fragile").crash().set_name("crash")
+    with pytest.raises(NodeExecutionError, match="node 'crash'.*the Ray actor running it died"):
+        RayWorkflow(crash, workflow_name="actorcrash").run()
 
 
 # ---------------------------------------------------------------------------
