@@ -9,6 +9,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "plugins_builtin.nodeplugins",
     "plugins_builtin.fsstorage",
     "plugins_builtin.daskarray",
+    "plugins_builtin.numpyarray",
     "plugins_builtin.localback",
     "plugins_builtin.rayback",
     "plugins_builtin.raystorage",

@@ -386,3 +386,35 @@ def test_storage_docs_examples_run(tmp_path, monkeypatch, capsys):
                      plugins=[namespace["CelsiusPlugin"]()])
     assert (tmp_path / "storage" / "temps" / "reading.ffd" / "0").read_text() == "21.5"
     assert storage.read_task("temps", "reading")["t"].degrees == 21.5
+
+
+# ---------------------------------------------------------------------------
+# the numpy serializer: large arrays as .npy files
+# ---------------------------------------------------------------------------
+
+
+def test_large_numpy_arrays_to_npy_small_ones_pickled(storage_opt):
+    from functionfuse.serializers.numpyarray import NumpyArraySerializer
+
+    storage = storage_factory(storage_opt)
+    storage.register_persistent_serializers(NumpyArraySerializer(min_bytes=1024))
+    big = np.arange(1_000, dtype="float64").reshape(10, 100)
+    value = {"big": big, "fortran": np.asfortranarray(big), "small": np.arange(3), "dask": da.arange(4, chunks=2)}
+    storage.save("wf", "arrays", value)
+    assert data_files(storage, "wf", "arrays") == ["0", "1"]  # dask arrays are pickled: no serializer for them here
+    back = storage.read_task("wf", "arrays")
+    np.testing.assert_array_equal(back["big"], big)
+    np.testing.assert_array_equal(back["fortran"], big)
+    assert list(back["small"]) == [0, 1, 2] and list(back["dask"].compute()) == [0, 1, 2, 3]
+
+    # a truncated or altered .npy file is refused, naming the node
+    path = storage._data_dir("wf", "arrays") + "/0"
+    blob = storage.fs.cat_file(path)
+    storage.fs.pipe_file(path, blob[:-8])
+    with pytest.raises(CorruptResultError, match="'arrays'.*'numpy'.*truncated"):
+        storage.read_task("wf", "arrays")
+    storage.fs.pipe_file(path, blob[:-8] + b"\0" * 8)
+    with pytest.raises(CorruptResultError, match="'arrays'.*'numpy'.*checksum"):
+        storage.read_task("wf", "arrays")
+    storage.remove_task("wf", task_name="arrays")
+    assert data_files(storage, "wf", "arrays") == []
