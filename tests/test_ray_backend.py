@@ -499,6 +499,24 @@ def test_file_storage_saves_in_the_worker_and_resumes(tmp_path):
     assert partial.names("after") == ["out"]
 
 
+def test_s3_storage_is_saved_by_the_workers_over_http(tmp_path):
+    """The shared storage of a multi-machine cluster: moto's S3 server on 127.0.0.1, s3fs in the workers."""
+    from s3_fixtures import running_moto
+
+    with running_moto() as server:
+        storage = storage_factory(server.storage_options(f"{server.new_bucket('ffray')}/runs"))
+        pair = driver_only_pair(os.getpid()).set_name("pair")  # its value cannot reach the driver
+        out = add(payload(pair[0]).set_name("first"), pair[1]).set_name("out")
+        recorder = Recorder()
+        assert RayWorkflow(out, workflow_name="ons3", plugins=[recorder]).set_storage(storage).run() == 42
+        assert sorted(storage.list_tasks("ons3")) == ["first", "out", "pair"]
+        assert recorder.infos["pair"]["saved_on"] == recorder.infos["pair"]["node_id"]
+        assert recorder.infos["pair"]["worker"] != f"pid {os.getpid()}"
+        again = Recorder()
+        assert RayWorkflow(out, workflow_name="ons3", plugins=[again]).set_storage(storage).run() == 42
+        assert again.names("after") == [] and sorted(again.names("restored")) == ["first", "out", "pair"]
+
+
 def test_ray_storage_routes_every_operation_to_the_disk_node(tmp_path, ray_cluster):
     storage = storage_factory(
         {"kind": "ray", "options": {"path": str(tmp_path / "rs"), "remoteArgs": {"resources": {"_disk": 0.001}}}}
