@@ -572,6 +572,9 @@ class RayWorkflow(Workflow):
                     except Exception as earlier:  # noqa: BLE001 - an earlier failure is the origin
                         node, exc = candidate, earlier
                         break
+        if node.kind == "object" and origin is None and isinstance(exc, rex.RayActorError):
+            # The actor died; the reply of its creation can be lost with it. Name the call it was running.
+            node, exc = self._failed_call_on(ray, node, metas) or (node, exc)
         original = _original(exc)
         detail = ""
         if isinstance(original, rex.WorkerCrashedError):
@@ -579,6 +582,22 @@ class RayWorkflow(Workflow):
         elif isinstance(original, rex.RayActorError):
             detail = f"the Ray actor running it died ({type(original).__name__}): {original}"
         raise self._fail(node, original, hooks, context, {}, detail) from original
+
+    @staticmethod
+    def _failed_call_on(ray: Any, obj: Node, metas: dict) -> tuple | None:
+        """The first method call on ``obj`` that failed (its actor died), in run order, or None."""
+        calls = [(candidate, meta) for candidate, meta in metas.items() if candidate.kind == "method" and candidate.obj is obj]
+        if not calls:
+            return None
+        done, _ = ray.wait([meta for _, meta in calls], num_returns=len(calls), timeout=5)
+        done = set(done)
+        for candidate, meta in calls:
+            if meta in done:
+                try:
+                    ray.get(meta)
+                except Exception as exc:  # noqa: BLE001 - the call that was on the actor
+                    return candidate, exc
+        return None
 
     def _fail(
         self, node: Node, exc: BaseException, hooks: Any, context: Any, info: dict, detail: str = ""
