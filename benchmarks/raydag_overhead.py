@@ -84,7 +84,10 @@ def main() -> None:
         expected, t_ray = timed(lambda: layered_ray(width, depth))
         leaf = layered(width, depth)
         count = len(functionfuse.backend_class("local")(leaf).nodes)
-        run = lambda: functionfuse.run(leaf, backend="raydag", workflow_name="bench", storage=folder)
+
+        def run():
+            return functionfuse.run(leaf, backend="raydag", workflow_name="bench", storage=folder)
+
         value, t_first = timed(run)
         assert value == expected
         _, t_again = timed(run)

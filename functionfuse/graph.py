@@ -12,9 +12,9 @@ import re
 from typing import Iterable
 
 from .errors import NotANodeError
-from .frontend import Node, Ref
+from .frontend import MethodNode, Node, ObjectNode, Ref
 
-__all__ = ["as_leaves", "closure", "find_nodes", "consumers_count"]
+__all__ = ["as_leaves", "closure", "find_nodes", "consumers_count", "plan_resume"]
 
 
 def as_leaves(nodes: Iterable, where: str = "workflow") -> tuple[Node, ...]:
@@ -87,3 +87,48 @@ def consumers_count(order: list[Node]) -> dict[Node, int]:
         for parent in node.parents:
             counts[parent] += 1
     return counts
+
+
+def plan_resume(order: list[Node], leaves: tuple, stored: set[str]) -> tuple[set[Node], set[Node]]:
+    """Which nodes to compute and which stored results to read, given the stored names.
+
+    A stateful object's calls change its state, so when any call of an
+    object is not stored, the object is rebuilt and its calls replayed up to
+    the last one that is not stored; later calls are read back.
+
+    :returns: ``(to_compute, to_read)``.
+    """
+    to_compute: set[Node] = set()
+    chains: dict[ObjectNode, list[MethodNode]] = {}
+    for node in order:
+        kind = node.kind
+        if kind == "call":
+            if node.name not in stored:
+                to_compute.add(node)
+        elif kind == "object":
+            chains.setdefault(node, [])
+        else:
+            chains.setdefault(node.obj, []).append(node)
+
+    def replay(obj: ObjectNode, upto: int) -> None:
+        to_compute.add(obj)
+        to_compute.update(chains[obj][: upto + 1])
+
+    for obj, calls in chains.items():
+        last = -1
+        for index, call in enumerate(calls):
+            if call.name not in stored:
+                last = index
+        if last >= 0:
+            replay(obj, last)
+    while True:
+        needed = set(leaves)
+        for node in to_compute:
+            needed.update(node.parents)
+        # An object handed to a plain function must exist: rebuild it with its whole chain.
+        missing = [n for n in needed if n.kind == "object" and n not in to_compute]
+        if not missing:
+            break
+        for obj in missing:
+            replay(obj, len(chains[obj]) - 1)
+    return to_compute, needed - to_compute

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import pluggy
 
@@ -12,7 +12,20 @@ from .errors import DuplicateNameError
 from .frontend import Node, validate_name
 from .query import Query
 
-__all__ = ["Workflow"]
+__all__ = ["Workflow", "ResumePlan"]
+
+
+class ResumePlan(NamedTuple):
+    """What a run computes and what it reads back (:meth:`Workflow.resume_plan`)."""
+
+    #: names stored before the run
+    stored: set
+    #: the nodes to compute; ``None``: every node (no storage)
+    to_compute: set | None
+    #: the stored nodes whose results the computed ones (or the leaves) need
+    to_read: set
+    #: hand the stored copy of a fresh result to the next nodes (``storage.always_read``)
+    always_read: bool
 
 
 class Workflow:
@@ -128,6 +141,19 @@ class Workflow:
 
         self.storage = as_storage(storage)
         return self
+
+    def resume_plan(self) -> ResumePlan:
+        """Plan the run from one listing of the storage (not one existence check per node).
+
+        Without storage every node is computed. Creates the workflow's folder in the storage.
+        """
+        storage = self.storage
+        if storage is None:
+            return ResumePlan(set(), None, set(), False)
+        storage.new_workflow(self.workflow_name)
+        stored = set(storage.list_tasks(self.workflow_name))
+        to_compute, to_read = graph.plan_resume(self.nodes, self.leaves, stored)
+        return ResumePlan(stored, to_compute, to_read, bool(getattr(storage, "always_read", False)))
 
     def check_unique_names(self) -> None:
         """Refuse two nodes with one name in a stored workflow."""

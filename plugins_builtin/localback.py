@@ -8,56 +8,11 @@ import time
 from typing import Any
 
 from functionfuse.errors import NodeExecutionError
-from functionfuse.frontend import MethodNode, Node, ObjectNode, Ref, resolve_args
+from functionfuse.frontend import Node, Ref, resolve_args
 from functionfuse.markers import hookimpl
 from functionfuse.workflow import Workflow
 
-__all__ = ["LocalWorkflow", "plan_resume"]
-
-
-def plan_resume(order: list[Node], leaves: tuple, stored: set[str]) -> tuple[set[Node], set[Node]]:
-    """Which nodes to compute and which stored results to read, given the stored names.
-
-    A stateful object's calls change its state, so when any call of an
-    object is not stored, the object is rebuilt and its calls replayed up to
-    the last one that is not stored; later calls are read back.
-
-    :returns: ``(to_compute, to_read)``.
-    """
-    to_compute: set[Node] = set()
-    chains: dict[ObjectNode, list[MethodNode]] = {}
-    for node in order:
-        kind = node.kind
-        if kind == "call":
-            if node.name not in stored:
-                to_compute.add(node)
-        elif kind == "object":
-            chains.setdefault(node, [])
-        else:
-            chains.setdefault(node.obj, []).append(node)
-
-    def replay(obj: ObjectNode, upto: int) -> None:
-        to_compute.add(obj)
-        to_compute.update(chains[obj][: upto + 1])
-
-    for obj, calls in chains.items():
-        last = -1
-        for index, call in enumerate(calls):
-            if call.name not in stored:
-                last = index
-        if last >= 0:
-            replay(obj, last)
-    while True:
-        needed = set(leaves)
-        for node in to_compute:
-            needed.update(node.parents)
-        # An object handed to a plain function must exist: rebuild it with its whole chain.
-        missing = [n for n in needed if n.kind == "object" and n not in to_compute]
-        if not missing:
-            break
-        for obj in missing:
-            replay(obj, len(chains[obj]) - 1)
-    return to_compute, needed - to_compute
+__all__ = ["LocalWorkflow"]
 
 
 class LocalWorkflow(Workflow):
@@ -122,13 +77,7 @@ class LocalWorkflow(Workflow):
     def _run_full(self, context: Any, hooks: Any) -> dict:
         storage = self.storage
         results: dict = {}
-        if storage is not None:
-            storage.new_workflow(self.workflow_name)
-            stored = set(storage.list_tasks(self.workflow_name))  # one listing, not one check per node
-            to_compute, to_read = plan_resume(self.nodes, self.leaves, stored)
-            always_read = getattr(storage, "always_read", False)
-        else:
-            stored, to_compute, to_read, always_read = set(), None, set(), False
+        stored, to_compute, to_read, always_read = self.resume_plan()
         host = socket.gethostname()
         worker = f"pid {os.getpid()}"
         for node in self.nodes:

@@ -389,17 +389,9 @@ class RayWorkflow(Workflow):
     def _submit_and_wait(self, ray: Any, context: Any, hooks: Any, max_pending: int) -> list:
         storage = self.storage
         workflow_name = self.workflow_name
-        if storage is not None:
-            storage.new_workflow(workflow_name)
-            stored = set(storage.list_tasks(workflow_name))  # one listing, not one check per node
-            from plugins_builtin.localback import plan_resume
-
-            to_compute, to_read = plan_resume(self.nodes, self.leaves, stored)
-            always_read = bool(getattr(storage, "always_read", False))
-            remote_save = getattr(storage, "ray_submit_save", None)
-            remote_read = getattr(storage, "ray_submit_read", None)
-        else:
-            stored, to_compute, to_read, always_read, remote_save, remote_read = set(), None, set(), False, None, None
+        stored, to_compute, to_read, always_read = self.resume_plan()
+        remote_save = getattr(storage, "ray_submit_save", None)  # the ray kind saves on its own node
+        remote_read = getattr(storage, "ray_submit_read", None)
 
         attrs = self.node_attrs
         prepare = hooks.prepare

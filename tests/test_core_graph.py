@@ -23,7 +23,7 @@ def test_closure_includes_descendants_of_roots_and_their_parents():
     root = inc(0).set_name("root")
     leaf = inc(root).set_name("leaf")
     other_root = inc(10).set_name("other_root")
-    sibling = add(root, other_root).set_name("sibling")
+    add(root, other_root).set_name("sibling")  # not passed in: found as a descendant of root
     names = [n.name for n in closure([leaf])]
     # sibling descends from root; other_root is its parent
     assert names == ["root", "leaf", "other_root", "sibling"]

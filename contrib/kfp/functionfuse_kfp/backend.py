@@ -35,7 +35,6 @@ import cloudpickle
 from functionfuse.errors import InvalidOptionError, NodeExecutionError
 from functionfuse.frontend import Node, resolve_args
 from functionfuse.workflow import Workflow
-from plugins_builtin.localback import plan_resume
 
 from .errors import KFPCompileError, KFPConnectionError
 from .runtime import REPORT_DIR_ENV, ff_run_node, ff_substitute
@@ -321,13 +320,10 @@ class KFPWorkflow(Workflow):
         return _Plan(None, set(), set(), bool(getattr(self.storage, "always_read", False)))
 
     def _resume_plan(self) -> _Plan:
-        storage = self.storage
-        if storage is None:
+        if self.storage is None:
             return self._full_plan()
-        storage.new_workflow(self.workflow_name)
-        stored = set(storage.list_tasks(self.workflow_name))
-        compute, read = plan_resume(self.nodes, self.leaves, stored)
-        return _Plan(compute, read, stored, bool(getattr(storage, "always_read", False)))
+        stored, compute, read, always_read = self.resume_plan()
+        return _Plan(compute, read, stored, always_read)
 
     def generate_pipeline(self) -> Any:
         """The KFP pipeline (a graph component) of this workflow, as :meth:`compile` writes it.

@@ -25,7 +25,6 @@ from typing import Any
 from functionfuse.errors import InvalidOptionError, NodeExecutionError
 from functionfuse.frontend import Node, Ref, _substitute, resolve_args
 from functionfuse.workflow import Workflow
-from plugins_builtin.localback import plan_resume
 
 __all__ = ["PrefectWorkflow", "check_flow_options", "check_task_args"]
 
@@ -208,13 +207,7 @@ class PrefectWorkflow(Workflow):
 
         storage = self.storage
         name = self.workflow_name
-        if storage is not None:
-            storage.new_workflow(name)
-            stored = set(storage.list_tasks(name))
-            to_compute, to_read = plan_resume(self.nodes, self.leaves, stored)
-            always_read = getattr(storage, "always_read", False)
-        else:
-            stored, to_compute, to_read, always_read = set(), None, set(), False
+        stored, to_compute, to_read, always_read = self.resume_plan()
         attrs = self.node_attrs
         # Prefect 3 tasks do not follow the flow's result settings; functionfuse users set them once, on the flow.
         inherited = {key: self.flow_options[key] for key in _INHERITED_BY_TASKS if key in self.flow_options}

@@ -30,7 +30,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from functionfuse.errors import InvalidOptionError, NodeExecutionError, SerializationError
 from functionfuse.workflow import Workflow
-from plugins_builtin.localback import plan_resume
+from functionfuse.graph import plan_resume
 
 from . import records
 from .errors import WorkflowRunningError
