@@ -223,34 +223,29 @@ class Node:
         self._number = _name_counters[qualname] = _name_counters.get(qualname, 0) + 1
         self._name = None
         self.children = None
-        parents = list(extra_parents) if extra_parents else None
+        parents = list(extra_parents) if extra_parents else []
         mode = 0
-        slots = None
+        slots = []
         kinds = _ARG_KINDS
-        for position, a in enumerate(args):
+        position = -1
+        for a in args:
+            position += 1
             kind = kinds.get(a.__class__)
             if kind is None:
                 kind = _classify(a.__class__)
             if not kind:
                 continue
-            if parents is None:
-                parents = []
             if kind == 1:
                 parents.append(a)
-                mode |= 1
             elif kind == 2:
                 parents.append(a.node)
-                mode |= 1
-            elif _scan_nested(a, parents):
-                mode = 2
-                continue
             else:
+                if _scan_nested(a, parents):
+                    mode = 2
                 continue
-            if slots is None:
-                slots = [position]
-            else:
-                slots.append(position)
-        self.slots = tuple(slots) if slots else ()
+            mode |= 1
+            slots.append(position)
+        self.slots = tuple(slots)
         if kwargs:
             for a in kwargs.values():
                 kind = kinds.get(a.__class__)
@@ -258,8 +253,6 @@ class Node:
                     kind = _classify(a.__class__)
                 if not kind:
                     continue
-                if parents is None:
-                    parents = []
                 if kind == 1:
                     parents.append(a)
                     mode |= 3  # top-level keyword dependencies take the general path
@@ -269,12 +262,19 @@ class Node:
                 elif _scan_nested(a, parents):
                     mode = 2
         self.argmode = mode if mode < 2 else 2
-        if parents is None:
+        if not parents:
             self.parents = ()
             return
-        if len(parents) > 1:
-            parents = list(dict.fromkeys(parents))
-        self.parents = tuple(parents)
+        if len(parents) == 1:
+            parent = parents[0]
+            self.parents = (parent,)
+            if parent.children is None:
+                parent.children = [self]
+            else:
+                parent.children.append(self)
+            return
+        parents = tuple(dict.fromkeys(parents))
+        self.parents = parents
         for p in parents:
             if p.children is None:
                 p.children = [self]
