@@ -9,12 +9,9 @@
 3
 """
 
-# The submodule functionfuse.workflow (the Workflow base class) must be loaded before the
-# decorator is bound to the name ``workflow``: loading a submodule later would overwrite it.
-from . import workflow as _workflow_module  # noqa: F401
 from .api import backend_class, run
 from .errors import FunctionFuseError
-from .frontend import Node, Ref, task, workflow  # noqa: E402  (after the submodule, see above)
+from .frontend import Node, Ref, task, workflow
 from .markers import hookimpl, hookspec
 
 __all__ = ["workflow", "task", "run", "backend_class", "hookimpl", "hookspec", "Node", "Ref", "FunctionFuseError"]

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any, Iterable
 
 from .errors import UnknownBackendError
-from .manager import get_plugin_manager, load_target, registrations
+from .manager import get_plugins, load_target
 
 __all__ = ["run", "backend_class", "backend_names"]
 
 
 def backend_names(plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> list[str]:
     """Names of every registered backend."""
-    return sorted(registrations(get_plugin_manager(tuple(plugins), tuple(disable)), "ff_backends"))
+    return sorted(get_plugins(plugins, disable).backends())
 
 
 def backend_class(name: str, plugins: Iterable[Any] = (), disable: Iterable[str] = ()) -> type:
@@ -21,7 +21,7 @@ def backend_class(name: str, plugins: Iterable[Any] = (), disable: Iterable[str]
     :raises UnknownBackendError: naming it and the backends that exist.
     :raises MissingExtraError: naming the ``pip install`` its dependencies need.
     """
-    found = registrations(get_plugin_manager(tuple(plugins), tuple(disable)), "ff_backends")
+    found = get_plugins(plugins, disable).backends()
     registration = found.get(name)
     if registration is None:
         from .backends import ADDON_BACKENDS
@@ -57,8 +57,6 @@ def run(
     >>> functionfuse.run(add(add(1, 2), 3))
     6
     """
-    plugins = tuple(plugins)
-    disable = tuple(disable)
     cls = backend_class(backend, plugins, disable)
     wf = cls(*leaves, workflow_name=workflow_name, plugins=plugins, disable=disable, trace=trace, **backend_options)
     if storage is not None:

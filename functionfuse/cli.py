@@ -15,7 +15,6 @@ A user error exits with status 2 and one line on stderr; ``--debug`` shows the t
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import runpy
 import sys
@@ -24,9 +23,6 @@ from typing import Any, Sequence
 from .errors import FunctionFuseError, NotANodeError
 
 __all__ = ["main", "load_nodes", "build_parser"]
-
-# Modules that add subcommands: each has add_commands(subparsers).
-CLI_EXTENSIONS = ("plugins_builtin.graphcli",)
 
 
 class UsageError(FunctionFuseError):
@@ -79,13 +75,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     nodes = load_nodes(args.target, args.more)
     plugins: list[Any] = list(args.plugin or [])
     progress = args.progress if args.progress is not None else sys.stderr.isatty()
-    if progress:
-        try:
-            from plugins_builtin.progress import ProgressPlugin
-        except ImportError:
-            pass
-        else:
-            plugins.append(ProgressPlugin())
     storage = _storage(args.storage) if args.storage else None
     result = run(
         *nodes,
@@ -95,6 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         plugins=plugins,
         disable=args.disable or (),
         trace=(os.environ.get("FUNCTIONFUSE_TRACE") or True) if args.trace else None,
+        progress=bool(progress),
     )
     values = result if len(nodes) > 1 else [result]
     for node, value in zip(nodes, values):
@@ -193,12 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", help="glob over task names; without it the whole workflow is removed")
     p.set_defaults(handler=_cmd_rm)
 
-    for module_name in CLI_EXTENSIONS:
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        module.add_commands(sub)
+    from .manager import get_plugins
+
+    get_plugins().cli_commands(sub)  # subcommands of plugins (graph, history, raydag's resume, ...)
     return parser
 
 

@@ -42,6 +42,11 @@ _creation_counter = itertools.count()
 # Default names count per qualname, so running a script again gives the same names.
 _name_counters: dict[str, int] = {}
 
+#: how much work resolving a node's arguments is (``Node.argmode``)
+ARGS_NONE = 0  # no dependencies: the arguments as given
+ARGS_TOP = 1  # dependencies only as top-level positional arguments (at ``Node.slots``)
+ARGS_NESTED = 2  # anything else: nested in containers, or keyword arguments
+
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _MAX_NAME_BYTES = 200
@@ -182,13 +187,13 @@ def resolve_args(node: Node, results: dict) -> tuple[tuple, dict]:
     """The positional and keyword arguments of ``node`` with dependencies replaced by values.
 
     ``results`` maps each parent node to its value. ``node.argmode`` says how
-    much work that is: 0 none, 1 top-level positional dependencies only (at
-    ``node.slots``), 2 anything else.
+    much work that is: :data:`ARGS_NONE`, :data:`ARGS_TOP` (top-level positional
+    dependencies only, at ``node.slots``) or :data:`ARGS_NESTED` (anything else).
     """
     mode = node.argmode
-    if mode == 0:
+    if mode == ARGS_NONE:
         return node.args, node.kwargs
-    if mode == 1:
+    if mode == ARGS_TOP:
         args = list(node.args)
         for position in node.slots:
             a = args[position]
@@ -220,11 +225,13 @@ class Node:
         self.args = args
         self.kwargs = kwargs
         self.seq = next(_creation_counter)
-        self._number = _name_counters[qualname] = _name_counters.get(qualname, 0) + 1
+        # numbered from 0 per function, as the original numbered them, so its storage resumes
+        number = self._number = _name_counters.get(qualname, 0)
+        _name_counters[qualname] = number + 1
         self._name = None
         self.children = None
         parents = list(extra_parents) if extra_parents else []
-        mode = 0
+        mode = ARGS_NONE
         slots = []
         kinds = _ARG_KINDS
         position = -1
@@ -241,9 +248,9 @@ class Node:
                 parents.append(a.node)
             else:
                 if _scan_nested(a, parents):
-                    mode = 2
+                    mode = ARGS_NESTED
                 continue
-            mode |= 1
+            mode |= ARGS_TOP
             slots.append(position)
         self.slots = tuple(slots)
         if kwargs:
@@ -255,13 +262,13 @@ class Node:
                     continue
                 if kind == 1:
                     parents.append(a)
-                    mode |= 3  # top-level keyword dependencies take the general path
+                    mode = ARGS_NESTED  # top-level keyword dependencies take the general path
                 elif kind == 2:
                     parents.append(a.node)
-                    mode |= 3
+                    mode = ARGS_NESTED
                 elif _scan_nested(a, parents):
-                    mode = 2
-        self.argmode = mode if mode < 2 else 2
+                    mode = ARGS_NESTED
+        self.argmode = mode if mode < ARGS_NESTED else ARGS_NESTED
         if not parents:
             self.parents = ()
             return

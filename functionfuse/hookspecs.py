@@ -5,21 +5,28 @@ A plugin is any object or module with functions decorated by
 may take only the arguments they need (pluggy's opt-in arguments), so specs
 can grow without breaking plugins.
 
-Where hooks fire: the driver (the process that calls ``run()``) fires every
-hook. Distributed backends (Ray, Prefect workers, Kubeflow components)
-cannot carry a plugin manager to workers; what runs there is the picklable
-callables that :func:`ff_prepare_node` returned, the function itself, and
-the storage object. ``ff_execute_node``, ``ff_storage_save`` and
-``ff_storage_read`` therefore fire in the driver only on the local backend;
-on the others the driver fires ``ff_before_node`` / ``ff_after_node`` /
-``ff_node_error`` as results arrive. ``docs/hooks.md`` has the full table.
+Where hooks fire: the run hooks, ``ff_prepare_node`` (its local part) and
+the before/after/error hooks of a node fire in the driver (the process
+that calls ``run()``). ``ff_execute_node``, ``ff_storage_save`` and
+``ff_storage_read`` fire wherever the node runs, on every backend: a worker
+rebuilds the run's plugin set from its description (module names, entry
+points, plugin objects that pickle) once per process, and calls them
+there (:mod:`functionfuse.nodecall`). ``docs/hooks.md`` has the table.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .markers import hookspec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import argparse
+
+    from .base import Workflow
+    from .context import RunContext
+    from .frontend import Node
+    from .storage import Storage
 
 # ---------------------------------------------------------------------------
 # registration: what a plugin contributes, by name
@@ -69,7 +76,7 @@ def ff_serializers(register: Callable[..., None]) -> None:
 
 
 @hookspec
-def ff_before_run(context: Any) -> None:
+def ff_before_run(context: RunContext) -> None:
     """Called in the driver before the first node of a run.
 
     :param context: the :class:`functionfuse.context.RunContext` of the run
@@ -78,7 +85,7 @@ def ff_before_run(context: Any) -> None:
 
 
 @hookspec
-def ff_after_run(context: Any, error: BaseException | None) -> None:
+def ff_after_run(context: RunContext, error: BaseException | None) -> None:
     """Called in the driver when a run ends, whether it succeeded or not.
 
     :param context: the run's context.
@@ -92,7 +99,7 @@ def ff_after_run(context: Any, error: BaseException | None) -> None:
 
 
 @hookspec
-def ff_prepare_node(node: Any, context: Any) -> Any:
+def ff_prepare_node(node: Node, context: RunContext) -> Any:
     """Pre-node initialisation: the local part runs here, in the driver, in run order.
 
     Return a callable, a list of callables, or ``None``. The callables must be
@@ -106,7 +113,7 @@ def ff_prepare_node(node: Any, context: Any) -> Any:
 
 
 @hookspec
-def ff_before_node(node: Any, context: Any) -> None:
+def ff_before_node(node: Node, context: RunContext) -> None:
     """Called before a node is computed (not for nodes read back from storage).
 
     :param node: the node.
@@ -115,12 +122,16 @@ def ff_before_node(node: Any, context: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def ff_execute_node(node: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+def ff_execute_node(node: Node, args: tuple, kwargs: dict, context: RunContext) -> Any:
     """Make the call itself: ``node.func(*args, **kwargs)``.
 
     firstresult: stops at the first non-None result. The built-in
     implementation is ``trylast`` and always answers; a ``wrapper=True``
     implementation can time, retry or trace the call (``result = yield``).
+
+    Fires wherever the node runs: in a worker, ``node`` is the node's
+    :class:`functionfuse.nodecall.NodeCall` (``name``, ``func``, ``kind``) and
+    ``context`` a :class:`functionfuse.nodecall.WorkerContext`.
 
     :param node: the node to run.
     :param args: positional arguments, dependencies already replaced by values.
@@ -130,7 +141,7 @@ def ff_execute_node(node: Any, args: tuple, kwargs: dict, context: Any) -> Any:
 
 
 @hookspec
-def ff_after_node(node: Any, result: Any, context: Any, info: dict) -> None:
+def ff_after_node(node: Node, result: Any, context: RunContext, info: dict) -> None:
     """Called after a node was computed (and saved, when storage is set).
 
     :param node: the node.
@@ -141,7 +152,7 @@ def ff_after_node(node: Any, result: Any, context: Any, info: dict) -> None:
 
 
 @hookspec
-def ff_node_restored(node: Any, context: Any) -> None:
+def ff_node_restored(node: Node, context: RunContext) -> None:
     """Called for a node whose result was found in storage, so it was not computed.
 
     :param node: the node.
@@ -150,7 +161,7 @@ def ff_node_restored(node: Any, context: Any) -> None:
 
 
 @hookspec
-def ff_node_error(node: Any, error: BaseException, context: Any, info: dict) -> None:
+def ff_node_error(node: Node, error: BaseException, context: RunContext, info: dict) -> None:
     """Called when a node raised; the run stops after this hook.
 
     :param node: the node that failed.
@@ -166,10 +177,11 @@ def ff_node_error(node: Any, error: BaseException, context: Any, info: dict) -> 
 
 
 @hookspec(firstresult=True)
-def ff_storage_save(storage: Any, workflow_name: str, task_name: str, obj: Any, context: Any) -> Any:
+def ff_storage_save(storage: Storage, workflow_name: str, task_name: str, obj: Any, context: RunContext) -> Any:
     """Save a node's result; the built-in ``trylast`` implementation calls ``storage.save``.
 
-    firstresult: stops at the first non-None result. Wrappers see every save.
+    firstresult: stops at the first non-None result. Wrappers see every save, on
+    every backend (in a worker, ``context`` is a ``WorkerContext``).
 
     :param storage: the storage object of the run.
     :param workflow_name: the workflow's name.
@@ -180,10 +192,11 @@ def ff_storage_save(storage: Any, workflow_name: str, task_name: str, obj: Any, 
 
 
 @hookspec(firstresult=True)
-def ff_storage_read(storage: Any, workflow_name: str, task_name: str, context: Any) -> Any:
+def ff_storage_read(storage: Storage, workflow_name: str, task_name: str, context: RunContext) -> Any:
     """Read a stored result; the built-in ``trylast`` implementation calls ``storage.read_task``.
 
-    firstresult: stops at the first non-None result. Wrappers see every read.
+    firstresult: stops at the first non-None result. Wrappers see every read, on
+    every backend (in a worker, ``context`` is a ``WorkerContext``).
 
     :param storage: the storage object of the run.
     :param workflow_name: the workflow's name.
@@ -193,7 +206,7 @@ def ff_storage_read(storage: Any, workflow_name: str, task_name: str, context: A
 
 
 @hookspec(firstresult=True)
-def ff_select_serializer(obj: Any, storage: Any) -> Any:
+def ff_select_serializer(obj: Any, storage: Storage) -> Any:
     """Choose who writes ``obj`` (a result, or any object nested in it).
 
     Return a serializer instance, or ``None`` to let pickle write it.
@@ -212,7 +225,7 @@ def ff_select_serializer(obj: Any, storage: Any) -> Any:
 
 
 @hookspec
-def ff_query_assign(nodes: list, key: str, value: Any, backend: Any) -> Any:
+def ff_query_assign(nodes: list[Node], key: str, value: Any, backend: Workflow) -> Any:
     """Validate and accept an attribute set by ``Query.set_<key>(value)``.
 
     Return ``True`` when this plugin accepts ``key`` for ``backend`` (raise
@@ -224,4 +237,32 @@ def ff_query_assign(nodes: list, key: str, value: Any, backend: Any) -> Any:
     :param key: the attribute name (``remote_args``, ``plugins``, ``task_args``, ...).
     :param value: the value given.
     :param backend: the workflow object (its ``backend_name`` says which backend).
+    """
+
+
+# ---------------------------------------------------------------------------
+# command line and display
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def ff_cli_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add subcommands to the ``functionfuse`` command.
+
+    Call ``subparsers.add_parser(name, help=...)`` and set ``handler`` with
+    ``parser.set_defaults(handler=function)``; the function takes the parsed
+    arguments and returns the exit status. The core keeps no list of them.
+
+    :param subparsers: the ``argparse`` subparsers of the ``functionfuse`` command.
+    """
+
+
+@hookspec(firstresult=True)
+def ff_display(workflow: Workflow) -> str | None:
+    """The notebook display of a workflow: an SVG string, or ``None``.
+
+    firstresult: stops at the first non-None result. ``Workflow._repr_svg_``
+    asks it, so a notebook shows a workflow as its graph when a plugin draws it.
+
+    :param workflow: the workflow object to show.
     """

@@ -1,11 +1,13 @@
-"""Building the plugin manager of a run, and looking up what plugins registered.
+"""Building the plugin manager of a run, and the typed façade every hook call goes through.
 
 The manager of a run holds, in this order: names to block (``set_blocked``),
 the entry points of group ``functionfuse`` (unless
-``FUNCTIONFUSE_DISABLE_PLUGIN_AUTOLOAD=1``), the built-in plugins listed in
-:data:`plugins_builtin.DEFAULT_PLUGINS`, then the plugins the caller passes.
-Managers are cached per plugin set, so building one costs nothing after the
-first run in a process.
+``FUNCTIONFUSE_DISABLE_PLUGIN_AUTOLOAD=1``), the built-in plugins listed by
+module name in :data:`DEFAULT_PLUGINS`, then the plugins the caller passes,
+then ``check_pending``. :class:`PluginHost` wraps it (as tox 4 does): the
+rest of functionfuse calls its typed methods, never ``pm.hook.*``. Hosts are
+cached per plugin set (a bounded cache), so building one costs nothing after
+the first run in a process, in the driver and in every worker.
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ from __future__ import annotations
 import importlib
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
 from . import hookspecs
-from .errors import MissingExtraError, PluginError
+from .errors import FunctionFuseError, MissingExtraError, PluginError
 from .markers import PROJECT
 
 __all__ = [
+    "DEFAULT_PLUGINS",
     "ENTRYPOINT_GROUP",
+    "PluginHost",
     "Registration",
+    "get_plugins",
     "get_plugin_manager",
     "registrations",
     "load_target",
@@ -34,7 +40,24 @@ __all__ = [
 ]
 
 ENTRYPOINT_GROUP = "functionfuse"
-_cache: dict[tuple, pluggy.PluginManager] = {}
+
+#: the plugins shipped with functionfuse, by module name (block one with ``disable=["plugins_builtin.NAME"]``)
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "plugins_builtin.core",
+    "plugins_builtin.nodeplugins",
+    "plugins_builtin.fsstorage",
+    "plugins_builtin.daskarray",
+    "plugins_builtin.numpyarray",
+    "plugins_builtin.localback",
+    "plugins_builtin.rayback",
+    "plugins_builtin.daskback",
+    "plugins_builtin.raystorage",
+    "plugins_builtin.graphback",
+    "plugins_builtin.graphcli",
+)
+
+_CACHE_SIZE = 64
+_cache: OrderedDict[tuple, PluginHost] = OrderedDict()
 _lock = threading.Lock()
 
 
@@ -56,10 +79,17 @@ def _autoload() -> bool:
 def _import_plugin(spec: Any) -> Any:
     """A plugin object from an object, a module, or a module name."""
     if isinstance(spec, str):
+        module_name, _, attribute = spec.partition(":")
         try:
-            return importlib.import_module(spec)
+            module = importlib.import_module(module_name)
         except ImportError as exc:
-            raise PluginError(f"plugin module {spec!r} could not be imported: {exc}") from exc
+            raise PluginError(f"plugin module {module_name!r} could not be imported: {exc}") from exc
+        if not attribute:
+            return module
+        try:
+            return getattr(module, attribute)
+        except AttributeError as exc:
+            raise PluginError(f"plugin {spec!r}: module {module_name!r} has no attribute {attribute!r}") from exc
     return spec
 
 
@@ -70,9 +100,27 @@ def plugin_name(plugin: Any) -> str:
     return getattr(plugin, "name", None) or f"{type(plugin).__module__}.{type(plugin).__qualname__}-{id(plugin):x}"
 
 
-def _build(plugins: tuple, disable: tuple, autoload: bool, trace: str | None) -> pluggy.PluginManager:
-    from plugins_builtin import DEFAULT_PLUGINS
+def _check_plugin_args(plugins: Any, disable: Any) -> tuple[tuple, tuple]:
+    from .errors import InvalidOptionError
 
+    if isinstance(plugins, (str, ModuleType)) or not isinstance(plugins, Iterable):
+        raise InvalidOptionError(
+            f"plugins must be a list of plugin objects, modules or module names, got {type(plugins).__name__} "
+            f"{plugins!r:.60}; write plugins=[{plugins!r:.40}]"
+        )
+    if isinstance(disable, str) or not isinstance(disable, Iterable):
+        raise InvalidOptionError(
+            f"disable must be a list of plugin names, got {type(disable).__name__} {disable!r:.60}; "
+            f"write disable=[{disable!r:.40}]"
+        )
+    disable = tuple(disable)
+    for name in disable:
+        if not isinstance(name, str):
+            raise InvalidOptionError(f"disable: plugin names are strings, got {type(name).__name__} {name!r:.60}")
+    return tuple(plugins), disable
+
+
+def _build(plugins: tuple, disable: tuple, autoload: bool, trace: str | None) -> pluggy.PluginManager:
     pm = pluggy.PluginManager(PROJECT)
     pm.add_hookspecs(hookspecs)
     for name in disable:
@@ -84,7 +132,13 @@ def _build(plugins: tuple, disable: tuple, autoload: bool, trace: str | None) ->
             raise PluginError(f"loading entry points of group {ENTRYPOINT_GROUP!r} failed: {exc}") from exc
     for module_name in DEFAULT_PLUGINS:
         if not pm.is_blocked(module_name):
-            pm.register(importlib.import_module(module_name), name=module_name)
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as exc:
+                if exc.name != module_name:
+                    raise
+                continue  # a built-in left out of this installation
+            pm.register(module, name=module_name)
     for spec in plugins:
         plugin = _import_plugin(spec)
         name = plugin_name(plugin)
@@ -99,24 +153,154 @@ def _build(plugins: tuple, disable: tuple, autoload: bool, trace: str | None) ->
     except pluggy.PluginValidationError as exc:
         raise PluginError(f"a plugin implements a hook functionfuse does not have: {exc}") from exc
     if trace:
-        from plugins_builtin.tracing import install_tracing
+        from .tracing import install_tracing
 
         install_tracing(pm, trace)
     return pm
 
 
-def get_plugin_manager(
+def _inlinable(impl: Any) -> bool:
+    return bool(getattr(impl.function, "ff_builtin", False))
+
+
+def _culprit(pm: pluggy.PluginManager, hook_name: str, exc: BaseException) -> Any:
+    """The hook implementation whose frame is innermost in ``exc``'s traceback, or ``None``."""
+    impls = {impl.function.__code__: impl for impl in getattr(pm.hook, hook_name).get_hookimpls()
+             if hasattr(impl.function, "__code__")}
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        impl = impls.get(tb.tb_frame.f_code)
+        if impl is not None:
+            found = impl
+        tb = tb.tb_next
+    return found
+
+
+class PluginHost:
+    """The typed façade over one plugin manager: every hook call of functionfuse goes through it.
+
+    :ivar pm: the pluggy manager (for plugins and tests that need pluggy itself).
+    :ivar tracing: the tracing mode (``None``, ``"console"``, ``"json"``).
+    :ivar spec: ``(plugins, disable, trace)``, what rebuilds this host in another process.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, tracing: str | None, spec: tuple):
+        self.pm = pm
+        self.tracing = tracing
+        self.spec = spec
+        self._registrations: dict[str, dict[str, Registration]] = {}
+        self._live: dict[str, Any] = {}
+
+    # -- registration --------------------------------------------------------
+    def backends(self) -> dict[str, Registration]:
+        """Every registered backend, by name."""
+        return self.registrations("ff_backends")
+
+    def storage_kinds(self) -> dict[str, Registration]:
+        """Every registered storage kind, by name."""
+        return self.registrations("ff_storage_kinds")
+
+    def serializers(self) -> dict[str, Registration]:
+        """Every registered serializer, by name."""
+        return self.registrations("ff_serializers")
+
+    def registrations(self, hook_name: str) -> dict[str, Registration]:
+        """Everything registered through ``hook_name`` (e.g. ``"ff_backends"``), by name."""
+        found = self._registrations.get(hook_name)
+        if found is None:
+            found = self._registrations[hook_name] = _collect_registrations(self.pm, hook_name)
+        return found
+
+    def cli_commands(self, subparsers: Any) -> None:
+        """Let every plugin add its CLI subcommands."""
+        self.call("ff_cli_commands", None, subparsers=subparsers)
+
+    def display(self, workflow: Any) -> Any:
+        """The notebook display of ``workflow`` a plugin offers (an SVG string), or ``None``."""
+        return self.call("ff_display", None, workflow=workflow)
+
+    def query_assign(self, nodes: list, key: str, value: Any, backend: Any) -> list:
+        """Every plugin's answer to ``Query.set_<key>(value)``."""
+        return self.call("ff_query_assign", None, nodes=nodes, key=key, value=value, backend=backend)
+
+    # -- per-node hooks --------------------------------------------------------
+    def live(self, hook_name: str) -> Callable | None:
+        """The hook caller when something other than a built-in must run per node, else ``None``.
+
+        When only the built-in implementation answers and tracing is off,
+        backends call the built-in behaviour directly: unused hooks cost nothing.
+        """
+        if hook_name in self._live:
+            return self._live[hook_name]
+        caller = getattr(self.pm.hook, hook_name)
+        impls = caller.get_hookimpls()
+        if not impls or (not self.tracing and all(_inlinable(impl) for impl in impls)):
+            caller = None
+        self._live[hook_name] = caller
+        return caller
+
+    def call(self, hook_name: str, node: Any, /, **kwargs: Any) -> Any:
+        """Call hook ``hook_name``; a plugin that raises becomes a :class:`PluginError` naming it.
+
+        An exception raised below a built-in implementation (the node's own function, the
+        storage) is not the plugin's fault and passes through unchanged.
+        """
+        caller = getattr(self.pm.hook, hook_name)
+        try:
+            return caller(**kwargs)
+        except FunctionFuseError:
+            raise  # raised on purpose (a plugin refusing a value, a storage error): already names its cause
+        except Exception as exc:
+            impl = _culprit(self.pm, hook_name, exc)
+            if impl is None or _inlinable(impl):
+                raise
+            where = f" for node {getattr(node, 'name', node)!r}" if node is not None else ""
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed in hook {hook_name}{where}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def execute_node(self, node: Any, func: Any, args: tuple, kwargs: dict, context: Any) -> Any:
+        """``ff_execute_node``: the call itself, through every plugin that wraps or replaces it."""
+        if getattr(node, "func", None) is None:
+            node.func = func  # a worker's node call whose backend exported the function on its own
+        return self.call("ff_execute_node", node, node=node, args=args, kwargs=kwargs, context=context)
+
+    def storage_save(self, storage: Any, workflow_name: str, task_name: str, obj: Any, context: Any,
+                     node: Any = None) -> Any:
+        """``ff_storage_save``: write a node's result."""
+        return self.call("ff_storage_save", node or task_name, storage=storage, workflow_name=workflow_name,
+                         task_name=task_name, obj=obj, context=context)
+
+    def storage_read(self, storage: Any, workflow_name: str, task_name: str, context: Any, node: Any = None) -> Any:
+        """``ff_storage_read``: read a stored result."""
+        return self.call("ff_storage_read", node or task_name, storage=storage, workflow_name=workflow_name,
+                         task_name=task_name, context=context)
+
+    def prepare_node(self, node: Any, context: Any) -> list:
+        """``ff_prepare_node``: the worker callables of every plugin, flattened, in order."""
+        callables: list = []
+        for item in self.call("ff_prepare_node", node, node=node, context=context):
+            if item is None:
+                continue
+            if callable(item):
+                callables.append(item)
+            else:
+                callables.extend(item)
+        return callables
+
+
+def get_plugins(
     plugins: Iterable[Any] = (), disable: Iterable[str] = (), trace: bool | str | None = None
-) -> pluggy.PluginManager:
-    """The plugin manager for this plugin set (built once per set, then cached).
+) -> PluginHost:
+    """The :class:`PluginHost` for this plugin set (built once per set, then cached).
 
     :param plugins: extra plugin objects, modules or module names.
     :param disable: plugin names to block, like pytest's ``-p no:NAME``
         (entry-point names or built-in module names such as ``plugins_builtin.nodeplugins``).
     :param trace: ``True``/``"json"`` logs every hook call; default from ``FUNCTIONFUSE_TRACE``.
     """
-    plugins = tuple(plugins)
-    disable = tuple(disable)
+    plugins, disable = _check_plugin_args(plugins, disable)
     mode = tracing_mode(trace)
     autoload = _autoload()
     try:
@@ -125,14 +309,24 @@ def get_plugin_manager(
     except TypeError:
         key = None
     if key is not None:
-        pm = _cache.get(key)
-        if pm is not None:
-            return pm
+        host = _cache.get(key)
+        if host is not None:
+            _cache.move_to_end(key)
+            return host
     with _lock:
-        pm = _build(plugins, disable, autoload, mode)
+        host = PluginHost(_build(plugins, disable, autoload, mode), mode, (plugins, disable, mode))
         if key is not None:
-            _cache[key] = pm
-    return pm
+            _cache[key] = host
+            while len(_cache) > _CACHE_SIZE:
+                _cache.popitem(last=False)
+    return host
+
+
+def get_plugin_manager(
+    plugins: Iterable[Any] = (), disable: Iterable[str] = (), trace: bool | str | None = None
+) -> pluggy.PluginManager:
+    """The pluggy manager of this plugin set (``get_plugins(...).pm``)."""
+    return get_plugins(plugins, disable, trace).pm
 
 
 def clear_cache() -> None:
@@ -156,23 +350,31 @@ class Registration:
     active: bool = False
 
 
-def registrations(pm: pluggy.PluginManager, hook_name: str) -> dict[str, Registration]:
-    """Everything registered through ``hook_name`` (e.g. ``"ff_backends"``), by name."""
-    cache = pm.__dict__.setdefault("_ff_registrations", {})
-    if hook_name in cache:
-        return cache[hook_name]
+def registrations(pm: Any, hook_name: str) -> dict[str, Registration]:
+    """Everything registered through ``hook_name`` (e.g. ``"ff_backends"``), by name.
+
+    :param pm: a :class:`PluginHost` (or a pluggy manager, uncached).
+    """
+    if isinstance(pm, PluginHost):
+        return pm.registrations(hook_name)
+    return _collect_registrations(pm, hook_name)
+
+
+def _collect_registrations(pm: pluggy.PluginManager, hook_name: str) -> dict[str, Registration]:
     found: dict[str, Registration] = {}
     caller = getattr(pm.hook, hook_name)
     impls = caller.get_hookimpls()
     # Built-ins first, so an installed or explicit plugin can override a built-in name.
-    impls.sort(key=lambda impl: not impl.plugin_name.startswith("plugins_builtin"))
+    impls.sort(key=lambda impl: impl.plugin_name not in DEFAULT_PLUGINS)
     for impl in impls:
 
         def register(name: str, target: Any, extra: str | None = None, active: bool = False, _impl=impl) -> None:
             found[name] = Registration(name, target, extra, _impl.plugin_name, active)
 
-        impl.function(register=register)
-    cache[hook_name] = found
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            raise PluginError(f"plugin {impl.plugin_name!r} failed in hook {hook_name}: {type(exc).__name__}: {exc}") from exc
     return found
 
 

@@ -36,7 +36,7 @@ class Query:
     def set(self, key: str, value: Any) -> Query:
         """Set attribute ``key`` to ``value`` on every node of the query."""
         backend = self.backend
-        accepted = backend.plugin_manager.hook.ff_query_assign(nodes=self.nodes, key=key, value=value, backend=backend)
+        accepted = backend.plugins.query_assign(self.nodes, key, value, backend)
         if not any(accepted):
             known = sorted(getattr(backend, "query_keys", ()))
             raise UnknownQueryAttributeError(

@@ -77,6 +77,4 @@ def install_tracing(pm: pluggy.PluginManager, mode: str, stream: Any = None) -> 
             **_describe(kwargs),
         )
 
-    undo = pm.add_hookcall_monitoring(before, after)
-    pm._ff_tracing = mode  # the run's hook façade stops inlining built-ins
-    return undo
+    return pm.add_hookcall_monitoring(before, after)

@@ -8,26 +8,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from functionfuse.markers import hookimpl
+from functionfuse.markers import builtin, hookimpl
 
 
 @hookimpl(trylast=True)
+@builtin
 def ff_execute_node(node: Any, args: tuple, kwargs: dict) -> Any:
     return node.func(*args, **kwargs)
 
 
 @hookimpl(trylast=True)
+@builtin
 def ff_storage_save(storage: Any, workflow_name: str, task_name: str, obj: Any) -> bool:
     storage.save(workflow_name, task_name, obj)
     return True
 
 
 @hookimpl(trylast=True)
+@builtin
 def ff_storage_read(storage: Any, workflow_name: str, task_name: str) -> Any:
     return storage.read_task(workflow_name, task_name)
 
 
 @hookimpl(trylast=True)
+@builtin
 def ff_select_serializer(obj: Any, storage: Any) -> Any:
     for serializer in storage.serializers:
         if serializer.match(obj):

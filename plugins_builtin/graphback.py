@@ -26,7 +26,7 @@ from typing import Any
 from functionfuse.errors import GraphvizNotFoundError, InvalidOptionError, MissingExtraError, RunRecordNotFoundError
 from functionfuse.frontend import Node, Ref
 from functionfuse.markers import hookimpl
-from functionfuse.workflow import Workflow
+from functionfuse.base import Workflow
 
 __all__ = ["NOTEBOOK_MAX_NODES", "OUTCOME_STYLES", "GraphWorkflow", "build_graph", "notebook_svg"]
 
@@ -402,3 +402,8 @@ def notebook_svg(workflow: Workflow) -> str | None:
 @hookimpl
 def ff_backends(register) -> None:
     register("graph", "plugins_builtin.graphback:GraphWorkflow", extra="graph")
+
+
+@hookimpl
+def ff_display(workflow: Workflow) -> str | None:
+    return notebook_svg(workflow)

@@ -5,7 +5,7 @@
     functionfuse graph SCRIPT.py:VAR [VAR ...] -o out.svg [--storage S --workflow-name W] [--run ID] [--rankdir LR]
     functionfuse history STORAGE WORKFLOW
 
-``functionfuse.cli`` calls :func:`add_commands` with its subparsers.
+Registered through ``ff_cli_commands``: ``functionfuse.cli`` knows no subcommand of it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 from typing import Any
+
+from functionfuse.markers import hookimpl
 
 __all__ = ["add_commands"]
 
@@ -87,3 +89,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("workflow", help="workflow name")
     p.add_argument("--last", type=int, metavar="N", help="show only the last N runs")
     p.set_defaults(handler=_cmd_history)
+
+
+@hookimpl
+def ff_cli_commands(subparsers: Any) -> None:
+    add_commands(subparsers)

@@ -1,9 +1,10 @@
 """Node plugins: code that prepares the worker before a node's function runs.
 
-``local_initialize()`` runs in the driver, once per node, in run order;
-``remote_initialize()`` (or the callable :meth:`NodePlugin.prepare` returns)
-runs in the worker right before the function. On the local backend both
-run in-process.
+The original protocol: ``local_initialize()`` runs in the driver, once per
+node, in run order; ``remote_initialize()`` runs in the driver right after it
+and returns the picklable callable the worker runs right before the
+function. A plugin may instead offer ``prepare()``, returning a list of such
+callables. :func:`functionfuse.nodecall.prepare_callables` applies the protocol.
 """
 
 from __future__ import annotations
@@ -12,31 +13,30 @@ import functools
 from typing import Any, Callable
 
 from functionfuse.errors import InvalidOptionError
-from functionfuse.markers import hookimpl
+from functionfuse.markers import builtin, hookimpl
+from functionfuse.nodecall import prepare_callables
 
 __all__ = ["NodePlugin", "InitializerPlugin", "RandomStatePlugin", "PluginCollection", "prepare_callables"]
 
 
 class NodePlugin:
-    """Base class: override ``local_initialize`` and/or ``remote_initialize``."""
+    """Base class, in the original protocol: ``local_initialize()`` runs in the driver before the
+    node is submitted; ``remote_initialize()`` runs there too and *returns* the picklable callable
+    the worker runs right before the node's function (or ``None``)."""
 
     def local_initialize(self) -> None:
         """Runs in the driver before the node is submitted."""
 
-    def remote_initialize(self) -> None:
-        """Runs in the worker right before the node's function."""
-
-    def prepare(self) -> list[Callable[[], Any]]:
-        """Run the local part; return the picklable callables for the worker."""
-        self.local_initialize()
-        return [self.remote_initialize]
+    def remote_initialize(self) -> Callable[[], Any] | None:
+        """Return the callable the worker runs right before the node's function."""
+        return None
 
 
 class InitializerPlugin(NodePlugin):
     """Call ``init_func()`` in the worker before the node (set a default dtype, a flag, ...).
 
-    >>> InitializerPlugin(lambda: None).prepare()  # doctest: +ELLIPSIS
-    [<function <lambda> at ...>]
+    >>> InitializerPlugin(print).remote_initialize()  # doctest: +ELLIPSIS
+    <built-in function print>
     """
 
     def __init__(self, init_func: Callable[[], Any]):
@@ -44,19 +44,20 @@ class InitializerPlugin(NodePlugin):
             raise InvalidOptionError(f"InitializerPlugin needs a callable, got {type(init_func).__name__}")
         self.init_func = init_func
 
-    def remote_initialize(self) -> None:
-        self.init_func()
-
-    def prepare(self) -> list[Callable[[], Any]]:
-        return [self.init_func]
+    def remote_initialize(self) -> Callable[[], Any]:
+        return self.init_func
 
 
 class RandomStatePlugin(NodePlugin):
     """Give each node its own seed: ``seed_func(seed)`` runs in the worker before the node.
 
-    The first node gets ``seed``; the seed advances by one per node in the
-    driver, in run order, and wraps from ``max`` back to ``min``, so a run is
-    reproducible on any backend.
+    ``local_initialize`` advances the seed in the driver, in run order, before
+    each node, wrapping from ``max`` back to ``min``: with ``seed=100`` the
+    first node gets 101. A run is reproducible on any backend.
+
+    >>> plugin = RandomStatePlugin(min=0, max=1000, seed=100, seed_func=print)
+    >>> plugin.local_initialize(); plugin.remote_initialize()()
+    101
     """
 
     def __init__(self, min: int, max: int, seed: int, seed_func: Callable[[int], Any]):
@@ -72,14 +73,9 @@ class RandomStatePlugin(NodePlugin):
     def local_initialize(self) -> None:
         self.seed = self.min if self.seed >= self.max else self.seed + 1
 
-    def remote_initialize(self) -> None:
-        self.seed_func(self.seed)
-
-    def prepare(self) -> list[Callable[[], Any]]:
-        # The node gets the current seed, bound now: the plugin advances for the next node.
-        seed = self.seed
-        self.local_initialize()
-        return [functools.partial(self.seed_func, seed)]
+    def remote_initialize(self) -> Callable[[], Any]:
+        # bound now: the plugin advances again for the next node
+        return functools.partial(self.seed_func, self.seed)
 
 
 class PluginCollection(NodePlugin):
@@ -91,18 +87,15 @@ class PluginCollection(NodePlugin):
             _check_node_plugin(plugin)
 
     def local_initialize(self) -> None:
-        for plugin in self.plugins:
-            plugin.local_initialize()
+        self._callables = prepare_callables(self.plugins)
 
-    def remote_initialize(self) -> None:
-        for plugin in self.plugins:
-            plugin.remote_initialize()
+    def remote_initialize(self) -> Callable[[], Any]:
+        return functools.partial(_run_all, tuple(getattr(self, "_callables", ())))
 
-    def prepare(self) -> list[Callable[[], Any]]:
-        callables: list = []
-        for plugin in self.plugins:
-            callables.extend(_prepare_one(plugin))
-        return callables
+
+def _run_all(callables: tuple) -> None:
+    for call in callables:
+        call()
 
 
 def _check_node_plugin(plugin: Any) -> None:
@@ -112,32 +105,10 @@ def _check_node_plugin(plugin: Any) -> None:
         )
 
 
-def _prepare_one(plugin: Any) -> list:
-    prepare = getattr(plugin, "prepare", None)
-    if prepare is not None:
-        return list(prepare())
-    if hasattr(plugin, "local_initialize"):
-        plugin.local_initialize()
-    remote = getattr(plugin, "remote_initialize", None)
-    return [remote] if remote is not None else []
-
-
-def prepare_callables(node: Any, context: Any) -> list:
-    """The worker-side callables of the node plugins attached to ``node`` (local parts run now)."""
-    plugins = context.backend.attrs(node).get("plugins")
-    if plugins is None:
-        return []
-    if isinstance(plugins, (list, tuple)):
-        callables: list = []
-        for plugin in plugins:
-            callables.extend(_prepare_one(plugin))
-        return callables
-    return _prepare_one(plugins)
-
-
 @hookimpl
+@builtin
 def ff_prepare_node(node: Any, context: Any) -> list:
-    return prepare_callables(node, context)
+    return prepare_callables(context.backend.attrs(node).get("plugins"))
 
 
 @hookimpl

@@ -102,6 +102,8 @@ class ProgressPlugin:
 
 # One shared instance for ``progress=True``: the plugin manager cache then keeps one manager for it.
 _DEFAULT = ProgressPlugin()
+#: the plugin of ``progress=True``, by name: ``plugins_builtin.progress:DEFAULT_PROGRESS``
+DEFAULT_PROGRESS = _DEFAULT
 
 
 def as_progress_plugin(progress: Any) -> Any:

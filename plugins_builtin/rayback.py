@@ -8,9 +8,11 @@ node's run). What runs where:
 * driver: ``ff_before_run``, ``ff_prepare_node`` (in run order; its local part),
   ``ff_before_node`` (at submission), ``ff_after_node`` / ``ff_node_error`` /
   ``ff_node_restored`` (as results arrive), ``ff_after_run``;
-* worker: the callables ``ff_prepare_node`` returned, the function, and the
-  save of its result (the storage object travels with the task; a ``ray``
-  storage saves in a task on the node holding its disk resource).
+* worker: the node call (:func:`functionfuse.nodecall.run_node_call`): the
+  callables ``ff_prepare_node`` returned, the function through
+  ``ff_execute_node``, the save through ``ff_storage_save`` (the storage
+  object travels with the task; a ``ray`` storage saves in a task on the
+  node holding its disk resource).
 
 >>> wf = RayWorkflow(node, workflow_name="sums", ray_init_args={"address": "auto"})  # doctest: +SKIP
 >>> wf.query("^node1$").set_remote_args({"num_cpus": 1})  # doctest: +SKIP
@@ -19,18 +21,15 @@ node's run). What runs where:
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import time
 import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from functionfuse.errors import InvalidOptionError, NodeExecutionError
-from functionfuse.frontend import Node, Ref, resolve_args
+from functionfuse.base import READ, Run, Workflow
+from functionfuse.errors import InvalidOptionError
+from functionfuse.frontend import Node
 from functionfuse.markers import hookimpl
-from functionfuse.workflow import Workflow
+from functionfuse.nodecall import NodeCall, node_error_name, run_node_call, worker_location
 
 __all__ = ["RayWorkflow", "check_resources", "ensure_ray", "validate_remote_args"]
 
@@ -128,115 +127,59 @@ def check_resources(ray: Any, requests: Iterable[tuple[str, dict]]) -> None:
 
 
 # ---------------------------------------------------------------------------
-# the worker side
+# the worker side: one Ray task body per function, and the actor of a stateful node
 # ---------------------------------------------------------------------------
 
-_where: tuple | None = None
+_node_id: str | None = None
 
 
-def _location() -> tuple:
-    """(pid, host, Ray node id) of this worker, computed once per process."""
-    global _where
-    if _where is None:
+def _where() -> tuple:
+    """(worker, host, Ray node id) of this worker process."""
+    global _node_id
+    if _node_id is None:
         import ray
 
-        _where = (os.getpid(), socket.gethostname(), ray.get_runtime_context().get_node_id())
-    return _where
-
-
-class _Template:
-    """A node's arguments with every dependency replaced by ``Ref(index, keys)``.
-
-    The worker rebuilds the arguments with :func:`functionfuse.frontend.resolve_args`
-    over the tuple of resolved values, so nested nodes and ``node[i]`` need no graph.
-    """
-
-    __slots__ = ("argmode", "args", "kwargs", "slots")
-
-    def __init__(self, argmode: int, args: Any, kwargs: dict, slots: tuple):
-        self.argmode = argmode
-        self.args = args
-        self.kwargs = kwargs
-        self.slots = slots
-
-    def __getstate__(self) -> tuple:
-        return (self.argmode, self.args, self.kwargs, self.slots)
-
-    def __setstate__(self, state: tuple) -> None:
-        self.argmode, self.args, self.kwargs, self.slots = state
-
-
-def _tag(exc: BaseException, name: str) -> None:
-    # The node's name rides on the exception through Ray, so the driver names the
-    # node that raised even when only a descendant's result reports the error.
-    if getattr(exc, "_ff_node", None) is None:
-        with contextlib.suppress(Exception):  # an exception type that refuses attributes keeps its message only
-            exc._ff_node = name  # type: ignore[attr-defined]
-
-
-def _call_with_spec(func: Any, spec: tuple, values: tuple, extra: Any = None) -> tuple:
-    """Run one node from its spec ``(name, template, callables, save)``; return ``(meta, value)``."""
-    name, template, callables, save = spec
-    start = time.time()
-    began = time.perf_counter()
-    try:
-        if template is None:
-            args, kwargs = values, {}
-        else:
-            args, kwargs = resolve_args(template, values)
-        for call in callables:
-            call()
-        value = func(*args, **kwargs) if kwargs else func(*args)
-    except BaseException as exc:
-        _tag(exc, name)
-        raise
-    duration = time.perf_counter() - began
-    pid, host, node_id = _location()
-    saved_on = None
-    if save is not None:
-        storage, workflow_name, always_read = save
-        try:
-            storage.save(workflow_name, name, value)
-            if always_read:
-                value = storage.read_task(workflow_name, name)
-        except BaseException as exc:
-            _tag(exc, name)
-            raise
-        saved_on = node_id
-    return (start, duration, pid, host, node_id, saved_on), value
+        _node_id = ray.get_runtime_context().get_node_id()
+    worker, host = worker_location()
+    return worker, host, _node_id
 
 
 def _task_body(func: Any) -> Any:
     """The function a Ray task runs for nodes calling ``func``; one per function, exported once."""
 
-    def body(spec: Any, *values: Any) -> tuple:
-        if spec.__class__ is str:  # the short path: arguments as given, nothing else to do
-            start = time.time()
-            began = time.perf_counter()
-            try:
-                value = func(*values)
-            except BaseException as exc:
-                _tag(exc, spec)
-                raise
-            pid, host, node_id = _where or _location()
-            return (start, time.perf_counter() - began, pid, host, node_id, None), value
-        return _call_with_spec(func, spec, values)
+    def body(call: NodeCall, *values: Any) -> tuple:
+        value, start, duration = run_node_call(call, values, func)
+        return _record(call, start, duration), value
 
     body.__name__ = getattr(func, "__name__", "node")
     body.__qualname__ = getattr(func, "__qualname__", body.__name__)
     return body
 
 
+def _record(call: NodeCall, start: float, duration: float) -> tuple:
+    worker, host, node_id = _where()
+    saved_on = None
+    if call.storage is not None:
+        from . import raystorage
+
+        saved_on = raystorage.last_saved_on if isinstance(call.storage, raystorage.RayStorage) else node_id
+    return start, duration, worker, host, node_id, saved_on
+
+
+def _read_body(call: NodeCall) -> Any:
+    return run_node_call(call, ())[0]
+
+
 class StatefulNodeActor:
     """The Ray actor behind a stateful node: it holds the instance and runs its method calls in order."""
 
-    def __init__(self, cls: type, spec: tuple, *values: Any):
-        self.cls = cls
+    def __init__(self, call: NodeCall, *values: Any):
         self.instance = None
         self.error: BaseException | None = None
         # A failing constructor is kept and reported by ready(), so the driver gets the original exception.
         try:
-            self.meta, self.instance = _call_with_spec(cls, spec, values)
+            self.instance, start, duration = run_node_call(call, values)
+            self.meta = _record(call, start, duration)
         except Exception as exc:  # noqa: BLE001 - reported by ready() and every call
             self.error = exc
 
@@ -245,19 +188,16 @@ class StatefulNodeActor:
             raise self.error
         return self.meta
 
-    def call(self, method_name: str, spec: tuple, *values: Any) -> tuple:
+    def call(self, call: NodeCall, *values: Any) -> tuple:
         if self.error is not None:
             raise self.error
-        return _call_with_spec(getattr(self.cls, method_name), spec, (self.instance, *values))
+        value, start, duration = run_node_call(call, (self.instance, *values))
+        return _record(call, start, duration), value
 
     def snapshot(self) -> Any:
         if self.error is not None:
             raise self.error
         return self.instance
-
-
-def _read_stored(storage: Any, workflow_name: str, task_name: str) -> Any:
-    return storage.read_task(workflow_name, task_name)
 
 
 # ---------------------------------------------------------------------------
@@ -291,32 +231,9 @@ def _helper(ray: Any, name: str) -> Any:
         if name == "actor":
             remote = ray.remote(max_restarts=0)(StatefulNodeActor)
         else:
-            remote = ray.remote(max_retries=0)(_read_stored)
+            remote = ray.remote(max_retries=0)(_read_body)
         _helpers[name] = remote
     return remote
-
-
-class _Placeholders(dict):
-    """Node -> ``Ref(index, ())``, numbering each dependency on first use."""
-
-    __slots__ = ("order",)
-
-    def __init__(self, seed: dict | None = None):
-        super().__init__(seed or {})
-        self.order: list = []
-
-    def __missing__(self, node: Node) -> Ref:
-        ref = self[node] = Ref(len(self), ())
-        self.order.append(node)
-        return ref
-
-
-class _Failure(Exception):
-    """Internal: the first failed node of a run, found while collecting results."""
-
-    def __init__(self, node: Node, error: BaseException):
-        self.node = node
-        self.error = error
 
 
 class RayWorkflow(Workflow):
@@ -326,7 +243,7 @@ class RayWorkflow(Workflow):
     :param workflow_name: the name results are stored under.
     :param ray_init_args: arguments for ``ray.init()``, used when Ray is not initialised yet
         (``{"address": "auto"}`` joins a running cluster).
-    :param kwargs: the :class:`functionfuse.workflow.Workflow` options (``plugins``, ``disable``, ...).
+    :param kwargs: the :class:`functionfuse.base.Workflow` options (``plugins``, ``disable``, ...).
 
     >>> wf = RayWorkflow(n3, workflow_name="ops", ray_init_args={"address": "auto"})  # doctest: +SKIP
     >>> wf.query("^node1$").set_remote_args({"num_cpus": 1, "resources": {"custom_resource": 0.1}})  # doctest: +SKIP
@@ -354,26 +271,16 @@ class RayWorkflow(Workflow):
             (the run still waits for every node, so errors and saves are complete).
         :param max_pending_tasks: at most this many nodes in flight at once (``0``: no bound).
         """
+        return super().run(return_results=return_results, max_pending_tasks=max_pending_tasks)
+
+    def _check_run_options(self, options: dict) -> None:
+        max_pending_tasks = options["max_pending_tasks"]
         if not isinstance(max_pending_tasks, int) or max_pending_tasks < 0:
             raise InvalidOptionError(
                 f"RayWorkflow({self.workflow_name!r}).run: max_pending_tasks must be an int >= 0, "
                 f"got {max_pending_tasks!r}"
             )
-        ray = ensure_ray(self.ray_init_args)
-        self._check_cluster(ray)
-        context, hooks = self.new_run()
-        hooks.before_run()
-        error: BaseException | None = None
-        try:
-            leaf_refs = self._submit_and_wait(ray, context, hooks, max_pending_tasks)
-            if return_results:
-                return self._leaf_result(ray.get(leaf_refs))
-            return self._leaf_result(leaf_refs)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            hooks.after_run(error)
+        self._check_cluster(ensure_ray(self.ray_init_args))
 
     def _check_cluster(self, ray: Any) -> None:
         requests = []
@@ -386,133 +293,83 @@ class RayWorkflow(Workflow):
             requests.append((f"the ray storage of workflow {self.workflow_name!r}", storage_args))
         check_resources(ray, requests)
 
-    def _submit_and_wait(self, ray: Any, context: Any, hooks: Any, max_pending: int) -> list:
-        storage = self.storage
-        workflow_name = self.workflow_name
-        stored, to_compute, to_read, always_read = self.resume_plan()
-        remote_save = getattr(storage, "ray_submit_save", None)  # the ray kind saves on its own node
-        remote_read = getattr(storage, "ray_submit_read", None)
+    def _submit_and_collect(self, run: Run, return_results: bool, max_pending_tasks: int) -> list:
+        import ray
 
+        max_pending = max_pending_tasks
         attrs = self.node_attrs
-        prepare = hooks.prepare
-        prepare_every_node = hooks.prepares_every_node
-        before_node = hooks.before_node
-        watch_all = bool(max_pending) or hooks.after_node is not None
+        watch_all = bool(max_pending) or run.after_node is not None
         refs: dict = {}  # node -> ObjectRef of its value
         actors: dict = {}  # object node -> actor handle
         watched: dict = {}  # ObjectRef of a node's run record -> node
         pending: list = []
         metas: dict = {}  # node -> its record ref (kept to find which node failed)
-        actor_remote = None
-        read_remote = None
+        plan_compute = None
 
         def snapshot(obj: Node) -> Any:
             # An object handed to a function as a value: its state after the calls submitted so far.
             return actors[obj].snapshot.remote()
 
-        for node in self.nodes:
-            if to_compute is not None and node not in to_compute:
-                if node in to_read:
-                    if remote_read is not None:
-                        refs[node] = remote_read(workflow_name, node.name)
-                    else:
-                        if read_remote is None:
-                            read_remote = _helper(ray, "read")
-                        refs[node] = read_remote.remote(storage, workflow_name, node.name)
-                if hooks.node_restored is not None:
-                    hooks.node_restored(node=node, context=context)
+        for node, action in run.steps():
+            if plan_compute is None:
+                plan_compute = run.plan.to_compute
+            if action == READ:
+                call, _ = run.node_call(node, READ)
+                refs[node] = _helper(ray, "read").options(**getattr(self.storage, "remote_args", {})).remote(call)
                 continue
             if max_pending and len(pending) >= max_pending:
-                pending = self._collect(ray, pending, watched, hooks, context, metas, block=True)
-            node_attrs = attrs.get(node) if attrs else None
-            callables = prepare(node) if prepare_every_node or node_attrs else []
-            if before_node is not None:
-                before_node(node=node, context=context)
+                pending = self._collect(ray, run, pending, watched, metas)
             kind = node.kind
-            save = None
-            if storage is not None and kind != "object" and node.name not in stored and remote_save is None:
-                save = (storage, workflow_name, always_read)
+            call, deps = run.node_call(node, with_func=kind != "call")
+            run.started(node)
+            node_attrs = attrs.get(node) if attrs else None
             # A method call runs on its object's actor, which takes the object node's remote args.
             remote_args = node_attrs.get("remote_args") if node_attrs and kind != "method" else None
+            values = [refs[d] if d in refs else snapshot(d) for d in deps]
             try:
                 if kind == "call":
                     remote = _remote_for(ray, node.func)
                     if remote_args:
                         remote = remote.options(**remote_args)
-                    args = None
-                    mode = node.argmode
-                    if not callables and save is None and not node.kwargs:
-                        # The short path: top-level dependencies become ObjectRef arguments directly.
-                        if mode == 0:
-                            args = node.args
-                        elif mode == 1:
-                            args = list(node.args)
-                            for position in node.slots:
-                                ref = refs.get(args[position])  # a Ref (node[i]) or an object node: None
-                                if ref is None:
-                                    args = None
-                                    break
-                                args[position] = ref
-                    if args is not None:
-                        meta, value = remote.remote(node.name, *args)
-                    else:
-                        template, deps = self._template(node, refs, snapshot)
-                        meta, value = remote.remote((node.name, template, callables, save), *deps)
+                    meta, value = remote.remote(call, *values)
                 elif kind == "method":
-                    template, deps = self._template(node, refs, snapshot, method=True)
-                    call = actors[node.obj].call.options(num_returns=2)
-                    meta, value = call.remote(node.method_name, (node.name, template, callables, save), *deps)
+                    meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values[1:])
                 else:  # a stateful node: an actor
-                    if actor_remote is None:
-                        actor_remote = _helper(ray, "actor")
-                    template, deps = self._template(node, refs, snapshot)
-                    maker = actor_remote.options(**remote_args) if remote_args else actor_remote
-                    actor = actors[node] = maker.remote(node.cls, (node.name, template, callables, None), *deps)
+                    maker = _helper(ray, "actor")
+                    if remote_args:
+                        maker = maker.options(**remote_args)
+                    actor = actors[node] = maker.remote(call, *values)
                     meta, value = actor.ready.remote(), None
             except Exception as exc:  # arguments Ray cannot serialise, bad options, ...
-                raise self._fail(node, exc, hooks, context, {}) from exc
-            if remote_save is not None and kind != "object" and node.name not in stored:
-                meta, saved_value = remote_save(workflow_name, node.name, value, meta, always_read)
-                if always_read:
-                    value = saved_value
+                run.fail(node, exc)
             if value is not None:
                 refs[node] = value
             metas[node] = meta
-            if watch_all or kind != "call" or not node.children or not _has_computed_child(node, to_compute):
+            if watch_all or kind != "call" or not node.children or not _has_computed_child(node, plan_compute):
                 watched[meta] = node
                 pending.append(meta)
 
         while pending:
-            pending = self._collect(ray, pending, watched, hooks, context, metas, block=True)
+            pending = self._collect(ray, run, pending, watched, metas)
         leaf_refs = []
         for leaf in self.leaves:
             ref = refs.get(leaf)
             if ref is None and leaf.kind == "object":
                 ref = snapshot(leaf) if leaf in actors else None
             leaf_refs.append(ref)
-        return leaf_refs
+        if not return_results:
+            return leaf_refs
+        try:
+            return ray.get(leaf_refs)
+        except Exception as exc:  # noqa: BLE001 - a leaf that Ray cannot bring back names its node
+            for leaf, ref in zip(self.leaves, leaf_refs):
+                try:
+                    ray.get(ref)
+                except Exception as leaf_exc:  # noqa: BLE001
+                    run.fail(leaf, _original(leaf_exc))
+            raise exc
 
-    def _template(self, node: Node, refs: dict, snapshot: Any, method: bool = False) -> tuple:
-        """The node's arguments with dependencies as placeholders, and the ObjectRefs to pass."""
-        if method:
-            # Index 0 is the actor's instance: the method's ``self`` and any other use of the object.
-            placeholders = _Placeholders({node.obj: Ref(0, ())})
-        else:
-            placeholders = _Placeholders()
-        mode = node.argmode
-        args, kwargs = resolve_args(node, placeholders)
-        template = _Template(mode, args, kwargs, node.slots)
-        deps = []
-        for parent in placeholders.order:
-            ref = refs.get(parent)
-            if ref is None:
-                ref = snapshot(parent)  # an object node given as a value
-            deps.append(ref)
-        return template, deps
-
-    def _collect(
-        self, ray: Any, pending: list, watched: dict, hooks: Any, context: Any, metas: dict, block: bool
-    ) -> list:
+    def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
         """Wait for at least one watched result; fire hooks for what finished; raise on the first failure."""
         ready, pending = ray.wait(pending, num_returns=1)
         if pending:
@@ -523,16 +380,13 @@ class RayWorkflow(Workflow):
         except Exception:  # noqa: BLE001 - some node failed: find which below
             records = None
         if records is None:
-            self._raise_first_failure(ray, ready, watched, hooks, context, metas)
-        after_node = hooks.after_node
-        if after_node is not None:
+            self._raise_first_failure(ray, run, ready, watched, metas)
+        if run.after_node is not None:
             for ref, record in zip(ready, records):
-                after_node(node=watched[ref], result=None, context=context, info=_info(record))
+                run.finished(watched[ref], None, _info(record))
         return pending
 
-    def _raise_first_failure(
-        self, ray: Any, ready: list, watched: dict, hooks: Any, context: Any, metas: dict
-    ) -> None:
+    def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict) -> None:
         import ray.exceptions as rex
 
         failures = []
@@ -545,12 +399,10 @@ class RayWorkflow(Workflow):
         failures.sort(key=lambda item: position[item[0]])
         node, exc = failures[0]
         cause = getattr(exc, "cause", None)
-        origin = getattr(cause, "_ff_node", None) if cause is not None else None
+        origin = node_error_name(cause) if cause is not None else None
         if origin is not None and origin != node.name:
-            for candidate in metas:
-                if candidate.name == origin:
-                    node = candidate
-                    break
+            # A downstream node reported the error of the node that really raised: name that one.
+            node = run.find(origin) or node
         elif cause is None or isinstance(exc, (rex.WorkerCrashedError, rex.RayActorError)):
             # No node name travelled with the error (a worker died): the earliest failed node in run order.
             done, _ = ray.wait(list(metas.values()), num_returns=len(metas), timeout=0)
@@ -573,7 +425,7 @@ class RayWorkflow(Workflow):
             detail = "the Ray worker process running it died (WorkerCrashedError); nothing was returned"
         elif isinstance(original, rex.RayActorError):
             detail = f"the Ray actor running it died ({type(original).__name__}): {original}"
-        raise self._fail(node, original, hooks, context, {}, detail) from original
+        run.fail(node, original, {}, detail)
 
     @staticmethod
     def _failed_call_on(ray: Any, obj: Node, metas: dict) -> tuple | None:
@@ -590,13 +442,6 @@ class RayWorkflow(Workflow):
                 except Exception as exc:  # noqa: BLE001 - the call that was on the actor
                     return candidate, exc
         return None
-
-    def _fail(
-        self, node: Node, exc: BaseException, hooks: Any, context: Any, info: dict, detail: str = ""
-    ) -> NodeExecutionError:
-        if hooks.node_error is not None:
-            hooks.node_error(node=node, error=exc, context=context, info=info)
-        return NodeExecutionError(node.name, self.workflow_name, exc, detail)
 
 
 def _has_computed_child(node: Node, to_compute: Any) -> bool:
@@ -619,15 +464,9 @@ def _original(exc: BaseException) -> BaseException:
 
 
 def _info(record: tuple) -> dict:
-    start, duration, pid, host, node_id, saved_on = record
-    return {
-        "start": start,
-        "duration": duration,
-        "worker": f"pid {pid}",
-        "host": host,
-        "node_id": node_id,
-        "saved_on": saved_on,
-    }
+    start, duration, worker, host, node_id, saved_on = record
+    return {"start": start, "duration": duration, "worker": worker, "host": host, "node_id": node_id,
+            "saved_on": saved_on}
 
 
 # ---------------------------------------------------------------------------

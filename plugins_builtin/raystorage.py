@@ -4,9 +4,9 @@ Every save, read, listing and removal runs in a small Ray task with the
 storage's ``remoteArgs`` (typically a custom resource only the disk node has,
 ``{"resources": {"_disk": 0.001}}``), wrapping a :class:`FileStorage` there.
 From a driver connected to the cluster, ``read_task`` and ``list_tasks``
-work like any storage. With :class:`plugins_builtin.rayback.RayWorkflow`, a
-node's result goes from the worker that computed it straight to the disk
-node (its ObjectRef is the save task's argument), never through the driver.
+work like any storage. With :class:`plugins_builtin.rayback.RayWorkflow`, the
+worker that computed a node saves it with a task on the disk node, so the
+result goes from worker to disk node, never through the driver.
 
 >>> storage = storage_factory({"kind": "ray", "options": {  # doctest: +SKIP
 ...     "path": "/data/storage", "remoteArgs": {"resources": {"_disk": 0.001}}}})
@@ -35,22 +35,16 @@ def _storage_call(files: FileStorage, method: str, args: tuple) -> Any:
     return getattr(files, method)(*args)
 
 
-def _save_result(files: FileStorage, workflow_name: str, task_name: str, record: tuple, value: Any, read_back: bool):
-    """Runs on the disk node: save a node's result (Ray brought it here); return its run record."""
+def _save_here(files: FileStorage, workflow_name: str, task_name: str, value: Any) -> str:
+    """Runs on the disk node: save a node's result (Ray brought it here); return this Ray node's id."""
     import ray
 
-    from .rayback import _tag
+    files.save(workflow_name, task_name, value)
+    return ray.get_runtime_context().get_node_id()
 
-    try:
-        files.save(workflow_name, task_name, value)
-        if read_back:
-            value = files.read_task(workflow_name, task_name)
-    except BaseException as exc:
-        _tag(exc, task_name)
-        raise
-    record = record[:5] + (ray.get_runtime_context().get_node_id(),)
-    return (record, value) if read_back else (record, None)
 
+#: the Ray node id where the last save of this process ran (the ray backend reports it as ``saved_on``)
+last_saved_on: str | None = None
 
 _remotes: dict = {}
 
@@ -58,10 +52,7 @@ _remotes: dict = {}
 def _remote(ray: Any, name: str) -> Any:
     remote = _remotes.get(name)
     if remote is None:
-        if name == "call":
-            remote = ray.remote(_storage_call)
-        else:
-            remote = ray.remote(num_returns=2)(_save_result)
+        remote = ray.remote(_storage_call if name == "call" else _save_here)
         _remotes[name] = remote
     return remote
 
@@ -119,22 +110,13 @@ class RayStorage(Storage):
         ray = self._ray()
         return ray.get(self._options(_remote(ray, "call")).remote(self._shipped(), method, args))
 
-    # -- what RayWorkflow uses: submit without waiting ---------------------------------
-    def ray_submit_save(self, workflow_name: str, task_name: str, value_ref: Any, record_ref: Any, read_back: bool):
-        """Submit the save of a node's result on the disk node; returns ``(record_ref, value_ref or None)``."""
-        ray = self._ray()
-        remote = self._options(_remote(ray, "save"))
-        return remote.remote(self._shipped(), workflow_name, task_name, record_ref, value_ref, read_back)
-
-    def ray_submit_read(self, workflow_name: str, task_name: str) -> Any:
-        """Submit the read of a stored result on the disk node; returns its ObjectRef."""
-        ray = self._ray()
-        return self._options(_remote(ray, "call")).remote(self._shipped(), "read_task", (workflow_name, task_name))
-
     # -- the interface ---------------------------------------------------------------
     def save(self, workflow_name: str, task_name: str, obj: Any) -> None:
+        global last_saved_on
         self.check_names(workflow_name, task_name)
-        self._call("save", workflow_name, task_name, obj)
+        ray = self._ray()
+        remote = self._options(_remote(ray, "save"))
+        last_saved_on = ray.get(remote.remote(self._shipped(), workflow_name, task_name, obj))
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
         self.check_names(workflow_name, task_name)

@@ -335,3 +335,74 @@ def test_storage_is_picklable_without_its_run_binding(file_storage):
     wf.run()
     clone = pickle.loads(pickle.dumps(file_storage))
     assert clone.read_task("pk", "node3") == 5
+
+
+def test_hook_ff_cli_commands(capsys):
+    from functionfuse import cli
+
+    class Hello:
+        @hookimpl
+        def ff_cli_commands(self, subparsers):
+            parser = subparsers.add_parser("hello", help="say hello")
+            parser.add_argument("who")
+            parser.set_defaults(handler=lambda args: print(f"hello {args.who}") or 3)
+
+    import sys
+    import types
+
+    manager = functionfuse.manager
+    module = types.ModuleType("ff_hello_cli")  # the core keeps no list of subcommands: a plugin adds one
+    module.ff_cli_commands = Hello().ff_cli_commands
+    sys.modules["ff_hello_cli"] = module
+    original = manager.DEFAULT_PLUGINS
+    manager.DEFAULT_PLUGINS = original + ("ff_hello_cli",)
+    manager.clear_cache()
+    try:
+        assert cli.main(["hello", "world"]) == 3
+        assert capsys.readouterr().out == "hello world\n"
+    finally:
+        manager.DEFAULT_PLUGINS = original
+        manager.clear_cache()
+        sys.modules.pop("ff_hello_cli")
+    with pytest.raises(SystemExit):  # gone with the plugin
+        cli.main(["hello", "world"])
+
+
+def test_hook_ff_display():
+    class Display:
+        @hookimpl(tryfirst=True)
+        def ff_display(self, workflow):
+            return f"<svg>{workflow.workflow_name}</svg>"
+
+    wf = LocalWorkflow(small_graph(), workflow_name="shown", plugins=[Display()])
+    assert wf._repr_svg_() == "<svg>shown</svg>"
+    assert wf._repr_mimebundle_()["image/svg+xml"] == "<svg>shown</svg>"
+
+
+def test_a_raising_hook_is_a_plugin_error_naming_plugin_hook_and_node():
+    class Broken:
+        name = "broken-plugin"
+
+        @hookimpl
+        def ff_before_node(self, node):
+            if node.name == "node2":
+                raise ZeroDivisionError("oops")
+
+    wf = LocalWorkflow(small_graph(), workflow_name="broken", plugins=[Broken()])
+    with pytest.raises(functionfuse.errors.PluginError, match="'broken-plugin'.*ff_before_node.*'node2'") as info:
+        wf.run()
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_the_node_error_wins_over_a_later_after_run_failure():
+    class FailsAfter:
+        @hookimpl
+        def ff_after_run(self, context, error):
+            raise OSError("disk full while saving the record")
+
+    leaf = fail(add(1, 2).set_name("ok")).set_name("bad")
+    wf = LocalWorkflow(leaf, workflow_name="precedence", plugins=[FailsAfter()])
+    with pytest.raises(NodeExecutionError, match="'bad'") as info:
+        wf.run()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert any("disk full" in note for note in getattr(info.value, "__notes__", []))

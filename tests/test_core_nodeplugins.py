@@ -36,7 +36,8 @@ def test_random_state_seeds_each_node_and_advances_in_run_order():
     plugin = RandomStatePlugin(min=0, max=100, seed=7, seed_func=set_seed)
     wf.query("^node.*$").set_plugins(plugin)
     wf.run()
-    assert seeds == [7, 8]
+    # the original's sequence: local_initialize advances before each node, so the first gets seed + 1
+    assert seeds == [8, 9]
     assert plugin.seed == 9  # advanced once per node it prepared, in the driver
 
 
@@ -48,7 +49,7 @@ def test_random_state_wraps_from_max_to_min():
                                           seed=-0x8000_0000_0000_0000, seed_func=seeds.append))
     wf.run()
     low = -0x8000_0000_0000_0000
-    assert seeds == [low, low + 1, low, low + 1]
+    assert seeds == [low + 1, low, low + 1, low]
 
 
 def test_same_seed_gives_same_draws():
@@ -75,7 +76,7 @@ def test_initializer_and_collection():
     wf.query("^first$").set_plugins(init)
     wf.query("^second$").set_plugins(collection)
     assert wf.run() == ("float64", ("float64", 1))
-    assert order == ["init", ("seed", 3)]
+    assert order == ["init", ("seed", 4)]
 
 
 def test_bad_plugin_arguments():
@@ -85,3 +86,34 @@ def test_bad_plugin_arguments():
         InitializerPlugin("not callable")
     with pytest.raises(InvalidOptionError, match="not a node plugin"):
         PluginCollection([object()])
+
+
+class OriginalProtocolPlugin:
+    """A third-party node plugin written to the seed guide: no prepare(), remote_initialize returns a closure."""
+
+    def __init__(self, log):
+        self.log = log
+        self.count = 0
+
+    def local_initialize(self):
+        self.count += 1
+        self.log.append(("local", self.count))
+
+    def remote_initialize(self):
+        count, log = self.count, self.log
+
+        def in_worker():
+            log.append(("remote", count))
+
+        return in_worker
+
+
+def test_original_protocol_plugin_runs_its_returned_callable_before_each_node(tmp_path):
+    log = []
+    first = read_setting(1).set_name("first")
+    second = read_setting(first).set_name("second")
+    wf = LocalWorkflow(second, workflow_name="original")
+    wf.set_storage(str(tmp_path / "st"))  # the storage path runs node plugins too
+    wf.set_plugin(None, OriginalProtocolPlugin(log))
+    wf.run()
+    assert log == [("local", 1), ("remote", 1), ("local", 2), ("remote", 2)]

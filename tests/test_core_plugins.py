@@ -113,7 +113,7 @@ def test_plugin_given_as_module_name_and_bad_module():
     def one():
         return 1
 
-    assert functionfuse.run(one(), plugins=["plugins_builtin.tracing"]) == 1
+    assert functionfuse.run(one(), plugins=["functionfuse.tracing"]) == 1
     with pytest.raises(PluginError, match="'no_such_plugin_module'"):
         functionfuse.run(one(), plugins=["no_such_plugin_module"])
 

@@ -26,7 +26,7 @@ def storage(tmp_path):
 
 
 def _plugin_names(wf) -> set[str]:
-    return {name for name, _ in wf._run_plugin_manager().list_name_plugin()}
+    return {name for name, _ in wf._run_plugins().pm.list_name_plugin()}
 
 
 def test_record_is_saved_with_the_results_and_read_back(storage):
@@ -109,8 +109,8 @@ def test_no_storage_no_record_no_per_node_hooks():
     leaf = quickstart()["result"]
     wf = LocalWorkflow(leaf, workflow_name="plain")
     assert "plugins_builtin.runrecord" not in _plugin_names(wf)
-    _, hooks = wf.new_run()
-    assert hooks.after_node is None and hooks.node_restored is None and hooks.node_error is None
+    run = wf.new_run()
+    assert run.after_node is None and run.node_restored is None and run.node_error is None and run.plain
     assert wf.run() == 6 and wf.run_record is None
 
 

@@ -22,10 +22,10 @@ def registered_attribute(kind: str, name: str, attribute: str, install_hint: str
     def __getattr__(attr: str) -> Any:
         if attr != attribute:
             raise AttributeError(attr)
-        from ..manager import get_plugin_manager, load_target, registrations
+        from ..manager import get_plugins, load_target
 
         hook = {"backend": "ff_backends", "serializer": "ff_serializers"}[kind]
-        registration = registrations(get_plugin_manager(), hook).get(name)
+        registration = get_plugins().registrations(hook).get(name)
         if registration is None:
             hint = f": install it with {install_hint}" if install_hint else ""
             raise ImportError(f"no installed plugin provides the {kind} {name!r} ({attribute}){hint}")

@@ -9,13 +9,15 @@ built-in ones are ``file`` (any fsspec path or URL), ``S3`` and ``ray``.
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
+import os
 from typing import Any, Iterable
 
 from ..errors import InvalidOptionError, UnknownStorageKindError
 from ..frontend import validate_name
 
-__all__ = ["Storage", "storage_factory", "as_storage"]
+__all__ = ["Storage", "storage_factory", "as_storage", "check_option_keys", "check_path_option"]
 
 
 class Storage:
@@ -134,10 +136,48 @@ class Storage:
         raise NotImplementedError
 
 
-def _storage_kinds(plugins: tuple = ()) -> dict:
-    from ..manager import get_plugin_manager, registrations
+def check_option_keys(kind: str, options: dict, known: Iterable[str]) -> None:
+    """Refuse option names a storage kind does not know, suggesting the closest known one.
 
-    return registrations(get_plugin_manager(plugins), "ff_storage_kinds")
+    >>> check_option_keys("file", {"path": "x", "storage_optons": {}}, ("path", "storage_options"))
+    Traceback (most recent call last):
+    ...
+    functionfuse.errors.InvalidOptionError: storage kind "file" has no option 'storage_optons' (did you mean 'storage_options'?); its options are: path, storage_options
+    """
+    known = tuple(known)
+    for key in options:
+        if key in known:
+            continue
+        close = difflib.get_close_matches(str(key), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise InvalidOptionError(
+            f"storage kind {kind!r} has no option {key!r}{hint}; its options are: {', '.join(known)}".replace(
+                f"kind {kind!r}", f'kind "{kind}"')
+        )
+
+
+def check_path_option(kind: str, options: dict) -> str:
+    """The ``path`` option as a string: present, a string or path-like, not empty."""
+    if "path" not in options:
+        raise InvalidOptionError(f'storage kind "{kind}" needs the option "path"')
+    path = options["path"]
+    if hasattr(path, "__fspath__"):
+        path = os.fspath(path)
+    if not isinstance(path, str):
+        raise InvalidOptionError(
+            f'storage kind "{kind}": the option "path" must be a folder or URL string, got {type(path).__name__} {path!r}'
+        )
+    if not path.strip():
+        raise InvalidOptionError(
+            f'storage kind "{kind}": the option "path" is empty; give a folder (use "." for the current one)'
+        )
+    return path
+
+
+def _storage_kinds(plugins: tuple = ()) -> dict:
+    from ..manager import get_plugins
+
+    return get_plugins(plugins).storage_kinds()
 
 
 def storage_factory(opt: dict, plugins: Iterable[Any] = ()) -> Storage:

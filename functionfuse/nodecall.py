@@ -1,0 +1,373 @@
+"""One node call: the picklable description of running one node, and the one function that runs it.
+
+Every backend turns the nodes it has to run into :class:`NodeCall` objects
+(:meth:`functionfuse.run.Run.node_call`) and hands each one to
+:func:`run_node_call` in whatever process runs the node: in-process on the
+local backend, in a Ray task or actor, a Dask worker, a Prefect task, a
+Kubeflow component. That function is the only place that knows what happens
+to a node: run the node plugins' callables, put the parents' values into the
+argument template, call the function through ``ff_execute_node``, save
+through ``ff_storage_save``, read back when ``always_read`` asks, time it,
+and tag a failure with the node's name. Reading a stored result instead of
+computing it is a node call too (:data:`READ`).
+
+A plugin manager does not pickle, so a call carries a :class:`WorkerHooks`:
+the description of the run's plugin set (plugin names, entry points, plugin
+objects that pickle) and which hooks a non-built-in plugin implements. A
+worker rebuilds the manager from it once per process; when only built-ins
+implement the hooks, the call carries ``None`` and the worker calls the
+built-in behaviour directly.
+
+Placeholders: in a call's argument template, the value of the i-th
+dependency (with ``node[k]`` keys applied) is ``Ref(i, keys)``, and the
+worker passes the tuple of dependency values; the local backend passes its
+results dict and keeps the node's own arguments as the template.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from .frontend import ARGS_NONE, ARGS_TOP, Ref, resolve_args
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .frontend import Node
+
+__all__ = [
+    "CALL",
+    "OBJECT",
+    "METHOD",
+    "READ",
+    "NodeCall",
+    "Template",
+    "WorkerContext",
+    "WorkerHooks",
+    "run_node_call",
+    "make_template",
+    "prepare_callables",
+    "node_error_name",
+]
+
+#: what a node call does: call a function, build a stateful object, call its method, or read a stored result
+CALL = "call"
+OBJECT = "object"
+METHOD = "method"
+READ = "read"
+
+
+class Template:
+    """A node's arguments with every dependency replaced by ``Ref(index, keys)``.
+
+    It quacks like a node for :func:`functionfuse.frontend.resolve_args`
+    (``argmode``, ``args``, ``kwargs``, ``slots``), which rebuilds the
+    arguments from the tuple of dependency values, at any nesting depth.
+    """
+
+    __slots__ = ("argmode", "args", "kwargs", "slots")
+
+    def __init__(self, argmode: int, args: Any, kwargs: dict, slots: tuple):
+        self.argmode = argmode
+        self.args = args
+        self.kwargs = kwargs
+        self.slots = slots
+
+    def __getstate__(self) -> tuple:
+        return (self.argmode, self.args, self.kwargs, self.slots)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.argmode, self.args, self.kwargs, self.slots = state
+
+
+class _Placeholders(dict):
+    """Node -> ``Ref(index, ())``, numbering each dependency on first use."""
+
+    __slots__ = ("order",)
+
+    def __init__(self, seed: dict | None = None):
+        super().__init__(seed or {})
+        self.order: list = []
+
+    def __missing__(self, node: Node) -> Ref:
+        ref = self[node] = Ref(len(self), ())
+        self.order.append(node)
+        return ref
+
+
+def make_template(node: Node) -> tuple[Template | None, list]:
+    """The node's argument template and its dependencies in placeholder order.
+
+    A method call's dependency 0 is its object (the instance: ``self``).
+    ``None`` as the template means: the dependency values are the positional
+    arguments, in order, and there is nothing else (the short path).
+    """
+    mode = node.argmode
+    if node.kind == METHOD:
+        placeholders = _Placeholders({node.obj: Ref(0, ())})
+        placeholders.order.append(node.obj)
+    else:
+        if mode == ARGS_NONE:
+            return Template(mode, node.args, node.kwargs, node.slots), []
+        if mode == ARGS_TOP and not node.kwargs and len(node.slots) == len(node.args):
+            if all(a.__class__ is not Ref for a in node.args):
+                # every argument is a whole dependency: the values are the arguments
+                return None, list(node.args)
+        placeholders = _Placeholders()
+    args, kwargs = resolve_args(node, placeholders)
+    return Template(mode, tuple(args), kwargs, node.slots), placeholders.order
+
+
+class WorkerContext:
+    """What hooks get as ``context`` in a worker: the run's names, no manager, no graph.
+
+    :ivar workflow_name: the workflow's name.
+    :ivar run_id: the run's id.
+    :ivar backend_name: the backend running it.
+    :ivar storage: the run's storage, or ``None``.
+    :ivar state: a dict for plugins' per-process state.
+    """
+
+    __slots__ = ("workflow_name", "run_id", "backend_name", "storage", "state")
+
+    def __init__(self, workflow_name: str, run_id: str, backend_name: str, storage: Any):
+        self.workflow_name = workflow_name
+        self.run_id = run_id
+        self.backend_name = backend_name
+        self.storage = storage
+        self.state: dict = {}
+
+    def __getstate__(self) -> tuple:
+        return (self.workflow_name, self.run_id, self.backend_name, self.storage)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.workflow_name, self.run_id, self.backend_name, self.storage = state
+        self.state = {}
+
+
+class WorkerHooks:
+    """The per-node hooks a worker must call, and how to rebuild the plugin manager that has them.
+
+    :ivar plugins: the run's plugin set as :func:`functionfuse.manager.get_plugins` takes it
+        (module names and plugin objects that pickle), with ``disable`` and ``trace``.
+    :ivar execute: a plugin other than the built-in implements ``ff_execute_node``.
+    :ivar save: likewise ``ff_storage_save``.
+    :ivar read: likewise ``ff_storage_read``.
+    :ivar context: the :class:`WorkerContext` hooks get (or the run's own context in-process).
+    """
+
+    __slots__ = ("plugins", "disable", "trace", "execute", "save", "read", "context", "_host")
+
+    def __init__(self, plugins: tuple, disable: tuple, trace: Any, execute: bool, save: bool, read: bool,
+                 context: Any, host: Any = None):
+        self.plugins = plugins
+        self.disable = disable
+        self.trace = trace
+        self.execute = execute
+        self.save = save
+        self.read = read
+        self.context = context
+        self._host = host  # the live façade in the driver's process; rebuilt after unpickling
+
+    def __getstate__(self) -> tuple:
+        context = self.context
+        if not isinstance(context, WorkerContext):
+            context = WorkerContext(context.workflow_name, context.run_id, context.backend_name, context.storage)
+        return (self.plugins, self.disable, self.trace, self.execute, self.save, self.read, context)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.plugins, self.disable, self.trace, self.execute, self.save, self.read, self.context = state
+        self._host = None
+
+    def host(self) -> Any:
+        """The plugin façade of this run in this process (rebuilt once per process in a worker)."""
+        host = self._host
+        if host is None:
+            from .manager import get_plugins
+
+            host = self._host = get_plugins(self.plugins, self.disable, self.trace)
+        return host
+
+
+class NodeCall:
+    """Everything needed to run one node anywhere; picklable when its parts are.
+
+    :ivar name: the node's name (its storage key).
+    :ivar workflow_name: the workflow's name.
+    :ivar mode: :data:`CALL`, :data:`OBJECT`, :data:`METHOD` or :data:`READ`.
+    :ivar func: the function, class (for an object) or unbound method; ``None`` when the
+        backend supplies it (a Ray task exported per function).
+    :ivar template: the argument template (:class:`Template`, the node itself in-process,
+        or ``None``: the values are the positional arguments).
+    :ivar callables: the worker callables of ``ff_prepare_node`` (node plugins).
+    :ivar storage: where to save the result, or ``None`` (not saved).
+    :ivar always_read: hand on the stored copy of the result instead of the computed one.
+    :ivar hooks: the :class:`WorkerHooks` of the run, or ``None`` (only built-ins).
+    :ivar node: the :class:`~functionfuse.frontend.Node` in the driver's process (not pickled).
+    :ivar fingerprint: the node call's fingerprint, stored with the result, or ``None``.
+    """
+
+    __slots__ = ("name", "workflow_name", "mode", "func", "template", "callables", "storage", "always_read",
+                 "hooks", "node", "fingerprint")
+
+    def __init__(self, name: str, workflow_name: str, mode: str, func: Any, template: Any, callables: Any = (),
+                 storage: Any = None, always_read: bool = False, hooks: WorkerHooks | None = None,
+                 node: Any = None, fingerprint: str | None = None):
+        self.name = name
+        self.workflow_name = workflow_name
+        self.mode = mode
+        self.func = func
+        self.template = template
+        self.callables = callables
+        self.storage = storage
+        self.always_read = always_read
+        self.hooks = hooks
+        self.node = node
+        self.fingerprint = fingerprint
+
+    @property
+    def kind(self) -> str:
+        """The node kind, as :attr:`Node.kind` says it (``read`` for a read-back)."""
+        return self.mode
+
+    def __getstate__(self) -> tuple:
+        return (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
+                self.always_read, self.hooks, self.fingerprint)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
+         self.always_read, self.hooks, self.fingerprint) = state
+        self.node = None
+
+    def __repr__(self) -> str:
+        return f"<NodeCall {self.mode} {self.name!r} of {self.workflow_name!r}>"
+
+
+# ---------------------------------------------------------------------------
+# running one node call, in any process
+# ---------------------------------------------------------------------------
+
+
+def _tag(exc: BaseException, name: str) -> None:
+    # The node's name rides on the exception across processes, so the driver names the node
+    # that raised even when only a descendant's result reports the error.
+    if getattr(exc, "_ff_node", None) is None:
+        with contextlib.suppress(Exception):  # a type that refuses attributes keeps its message only
+            exc._ff_node = name  # type: ignore[attr-defined]
+
+
+def node_error_name(exc: BaseException) -> str | None:
+    """The name of the node whose call raised ``exc`` (tagged by :func:`run_node_call`), or ``None``."""
+    return getattr(exc, "_ff_node", None)
+
+
+def _read(call: NodeCall) -> Any:
+    hooks = call.hooks
+    if hooks is not None and hooks.read:
+        return hooks.host().storage_read(call.storage, call.workflow_name, call.name, hooks.context,
+                                         node=call.node or call)
+    return call.storage.read_task(call.workflow_name, call.name)
+
+
+def _save(call: NodeCall, value: Any) -> None:
+    hooks = call.hooks
+    storage = call.storage
+    if hooks is not None and hooks.save:
+        hooks.host().storage_save(storage, call.workflow_name, call.name, value, hooks.context,
+                                  node=call.node or call)
+    else:
+        storage.save(call.workflow_name, call.name, value)
+
+
+def run_node_call(call: NodeCall, values: Any, func: Any = None) -> tuple[Any, float, float]:
+    """Run ``call`` with its dependencies' ``values``; return ``(value, start, duration)``.
+
+    ``values`` is a tuple in placeholder order (or, in-process, the results dict
+    keyed by node when the template is the node itself). A method call's
+    ``values[0]`` is the instance. ``func`` overrides ``call.func`` (a backend
+    that exported the function once). Any failure carries the node's name
+    (:func:`node_error_name`); the start is wall-clock time, the duration in seconds.
+    """
+    start = time.time()
+    began = time.perf_counter()
+    try:
+        if call.mode == READ:
+            return _read(call), start, time.perf_counter() - began
+        if func is None:
+            func = call.func
+        template = call.template
+        if template is None:
+            args, kwargs = values, None
+        else:
+            args, kwargs = resolve_args(template, values)
+        for prepare in call.callables:
+            prepare()
+        hooks = call.hooks
+        if hooks is not None and hooks.execute:
+            value = hooks.host().execute_node(call.node or call, func, tuple(args), kwargs or {}, hooks.context)
+        else:
+            value = func(*args, **kwargs) if kwargs else func(*args)
+        duration = time.perf_counter() - began
+        if call.storage is not None:
+            _save(call, value)
+            if call.always_read:
+                value = _read(call)
+    except BaseException as exc:
+        _tag(exc, call.name)
+        raise
+    return value, start, duration
+
+
+_location: tuple | None = None
+
+
+def worker_location() -> tuple[str, str]:
+    """``(worker, host)`` of this process, for run records: ``"pid N"`` and the host name."""
+    global _location
+    if _location is None or _location[2] != os.getpid():
+        _location = (f"pid {os.getpid()}", socket.gethostname(), os.getpid())
+    return _location[0], _location[1]
+
+
+# ---------------------------------------------------------------------------
+# node plugins: the original protocol
+# ---------------------------------------------------------------------------
+
+
+def _prepare_one(plugin: Any, callables: list) -> None:
+    prepare = getattr(plugin, "prepare", None)
+    if prepare is not None:
+        callables.extend(prepare())
+        return
+    # The original protocol: local_initialize() in the driver, remote_initialize() *returns*
+    # the callable the worker runs before the function.
+    local = getattr(plugin, "local_initialize", None)
+    if local is not None:
+        local()
+    remote = getattr(plugin, "remote_initialize", None)
+    if remote is not None:
+        worker_callable = remote()
+        if worker_callable is not None:
+            if not callable(worker_callable):
+                from .errors import PluginError
+
+                raise PluginError(
+                    f"node plugin {plugin!r}: remote_initialize() must return the callable the worker runs "
+                    f"before the node (or None), got {type(worker_callable).__name__}"
+                )
+            callables.append(worker_callable)
+
+
+def prepare_callables(plugins: Any) -> list[Callable[[], Any]]:
+    """The worker callables of the node plugins ``plugins`` (one, or a list); their local parts run now."""
+    callables: list = []
+    if plugins is None:
+        return callables
+    if isinstance(plugins, (list, tuple)):
+        for plugin in plugins:
+            _prepare_one(plugin, callables)
+    else:
+        _prepare_one(plugins, callables)
+    return callables
