@@ -90,3 +90,34 @@ class RunRecordNotFoundError(FunctionFuseError, LookupError):
 
 class GraphvizNotFoundError(FunctionFuseError):
     """The graphviz ``dot`` program, which draws workflow graphs, is not installed."""
+
+
+class UnfingerprintableError(FunctionFuseError, TypeError):
+    """A node argument has no deterministic fingerprint, so its stored result could not be trusted.
+
+    :ivar reason: why (``cannot pickle '_thread.lock' object``).
+    :ivar node_name: the node, when known.
+    :ivar argument: the argument's name (``fh``, ``args[2]``), when known.
+    :ivar type_name: the ``module:qualname`` of the value at fault, when known.
+    """
+
+    def __init__(self, reason: str, node_name: str | None = None, argument: str | None = None,
+                 type_name: str | None = None):
+        self.reason = reason
+        self.node_name = node_name
+        self.argument = argument
+        self.type_name = type_name
+        what = f"a {type_name} value" if type_name else "the value"
+        if node_name is not None:
+            head = f"cannot fingerprint argument {argument!r} of node {node_name!r}: {what} has no deterministic fingerprint"
+        else:
+            head = f"cannot fingerprint {what}"
+        super().__init__(
+            f"{head} ({reason}). "
+            f"Either register an ff_fingerprint hook implementation that returns a stable key for "
+            f"{type_name or 'its type'}, or leave the argument out of the node's fingerprint by passing "
+            "functionfuse.fingerprint.NoFingerprint(value) instead of the value"
+        )
+
+    def __reduce__(self):
+        return (type(self), (self.reason, self.node_name, self.argument, self.type_name))

@@ -266,3 +266,26 @@ def ff_display(workflow: Workflow) -> str | None:
 
     :param workflow: the workflow object to show.
     """
+
+
+# ---------------------------------------------------------------------------
+# fingerprints
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def ff_fingerprint(obj: Any) -> Any:
+    """A stable key for ``obj``, a value of a type the built-in fingerprints do not know.
+
+    Asked in the driver while node fingerprints are computed, for every
+    argument value (or value nested in one) that is not an atom, a container,
+    a NumPy array, a pandas object, a Dask collection, a function or a class.
+    Return a ``str`` or ``bytes`` that is equal exactly when two values
+    should count as the same input (for a file handle: its path and
+    modification time), or any value the built-ins can fingerprint (a tuple
+    of the fields that define the object); the key is combined with the
+    type's name. Return ``None`` for objects you do not handle.
+    firstresult: stops at the first non-None result.
+
+    :param obj: the value to fingerprint.
+    """
