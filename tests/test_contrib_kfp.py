@@ -21,6 +21,7 @@ from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.backends.plugins import InitializerPlugin, PluginCollection, RandomStatePlugin
 from functionfuse.errors import FunctionFuseError, InvalidOptionError, NodeExecutionError
 from functionfuse.markers import hookimpl
+from functionfuse.nodecall import CALL, NodeCall
 
 
 @workflow
@@ -41,6 +42,11 @@ def split(x):
 @workflow
 def fail(x):
     raise ValueError(f"cannot use {x}")
+
+
+@workflow
+def exit_process(x):
+    os._exit(3)  # no exception, no report: the component's process just ends
 
 
 @workflow
@@ -87,8 +93,11 @@ def task_inputs(spec, task):
 
 
 def payload_of(spec, task):
+    """The node call a task's component runs (its position in the pipeline travels with it)."""
     constant = spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]["payload"]["runtimeValue"]["constant"]
-    return cloudpickle.loads(base64.b64decode(constant))
+    _index, call = cloudpickle.loads(base64.b64decode(constant))
+    assert isinstance(call, NodeCall)
+    return call
 
 
 # -- installation and lookup ---------------------------------------------------------------------------
@@ -132,11 +141,11 @@ def test_seed_graph_compiles_to_one_component_per_node(tmp_path):
     command = " ".join(container["command"])
     assert "'numpy>=1.20'" in command and f"'cloudpickle=={cloudpickle.__version__}'" in command
     assert "kfp==" in command and "def ff_run_node(" in command
-    # the node travels pickled: its function, and its arguments with placeholders for the parents
-    payload = payload_of(spec, "node3")
-    assert (payload["name"], payload["workflow"], payload["mode"]) == ("node3", "operations", "call")
-    assert payload["func"](6, 7) == 42
-    assert [(slot.index, slot.keys) for slot in payload["args"]] == [(0, ()), (1, ())]
+    # the node travels as its node call: the function, and the parents' values are its arguments, in order
+    call = payload_of(spec, "node3")
+    assert (call.name, call.workflow_name, call.mode) == ("node3", "operations", CALL)
+    assert call.func(6, 7) == 42
+    assert call.template is None
 
 
 def test_indexed_outputs_compile_to_one_edge_per_parent(tmp_path):
@@ -145,8 +154,8 @@ def test_indexed_outputs_compile_to_one_edge_per_parent(tmp_path):
     # pair[0] and pair[1] are one dependency: the whole tuple arrives, the keys are applied in the component
     assert task_inputs(spec, "total") == {"parent_0": "pair"}
     assert task_inputs(spec, "nested") == {"parent_0": "pair"}
-    payload = payload_of(spec, "total")
-    assert [(slot.index, slot.keys) for slot in payload["args"]] == [(0, (0,)), (0, (1,))]
+    call = payload_of(spec, "total")
+    assert [(ref.node, ref.keys) for ref in call.template.args] == [(0, (0,)), (0, (1,))]
     assert set(spec["root"]["dag"]["outputs"]["artifacts"]) == {"node_0", "node_1"}
 
 
@@ -244,8 +253,9 @@ def test_node_plugins_run_inside_the_component_before_the_function():
     wf.query("^node2$").set_plugins(
         PluginCollection([InitializerPlugin(init), RandomStatePlugin(min=0, max=100, seed=7, seed_func=set_seed)])
     )
-    # each component is its own process: node1 never sees node2's seed
-    assert wf.run() == [(0, "yes", None), (0, "yes", "7")]
+    # each component is its own process: node1 never sees node2's seed; the original protocol
+    # advances the seed in the driver before the node, so the first node gets seed + 1
+    assert wf.run() == [(0, "yes", None), (0, "yes", "8")]
     assert "FF_KFP_INIT" not in os.environ
 
 
@@ -269,6 +279,66 @@ def test_node_error_names_the_node_and_chains_the_cause(tmp_path):
     assert isinstance(info.value.__cause__, ValueError)
     assert errors == [("broken", "ValueError")]
     assert wf.storage.list_tasks("failing") == ["fine"]  # what finished before the failure stays saved
+
+
+def test_component_whose_process_dies_is_named_without_colour_codes():
+    errors: list = []
+
+    class OnError:
+        name = "on-error"
+
+        @hookimpl
+        def ff_node_error(self, node, error):
+            errors.append((node.name, str(error)))
+
+    # the task is "dies-here": KFP prints it in quotes and colours; the error names the node
+    leaf = add(exit_process(add(1, 2).set_name("fine")).set_name("Dies_Here"), 1).set_name("after")
+    with pytest.raises(NodeExecutionError, match="node 'Dies_Here' of workflow 'dying' failed: ") as info:
+        kfp_workflow(leaf, name="dying", plugins=[OnError()]).run()
+    assert info.value.node_name == "Dies_Here"
+    assert "ended without reporting a result" in str(info.value)
+    assert "\x1b" not in str(info.value) and "\x1b" not in str(info.value.__cause__)
+    assert [name for name, _ in errors] == ["Dies_Here"] and "\x1b" not in errors[0][1]
+
+
+@pytest.fixture
+def hook_counter(tmp_path, monkeypatch):
+    """The log file of the ``ff_hookcounter`` entry-point plugin, active for this test only."""
+    import ff_hookcounter
+
+    from functionfuse.manager import clear_cache
+
+    path = str(tmp_path / "hooks.log")
+    monkeypatch.setenv(ff_hookcounter.ENV, path)  # inherited by every component process
+    # the entry point's object was made when the module was first imported, maybe without the variable
+    monkeypatch.setattr(ff_hookcounter, "plugin", ff_hookcounter.HookCounter())
+    clear_cache()
+    yield path
+    monkeypatch.undo()
+    clear_cache()
+
+
+def test_kfp_hooks_fire_for_every_node_from_an_entry_point_plugin(hook_counter, tmp_path):
+    import ff_hookcounter
+
+    counter = IncrementalSum(add(1, 2).set_name("h1")).set_name("counter")
+    leaf = add(counter.add(4).set_name("h2"), 3).set_name("h3")
+    wf = kfp_workflow(leaf, name="counted").set_storage(str(tmp_path / "storage"))
+    assert wf.run() == 10
+    first = ff_hookcounter.counts(hook_counter)
+    computed = ["h1", "counter", "h2", "h3"]
+    saved = ["h1", "h2", "h3"]  # a stateful object is not stored, its method calls are
+    assert first["calls"] == {
+        **{("ff_execute_node", name): 1 for name in computed},
+        **{("ff_storage_save", name): 1 for name in saved},
+    }
+    assert os.getpid() not in first["pids"] and len(first["pids"]) == len(computed)  # one component each
+
+    os.remove(hook_counter)
+    assert wf.run() == 10  # the leaf is read back by its component, nothing is computed
+    second = ff_hookcounter.counts(hook_counter)
+    assert second["calls"] == {("ff_storage_read", "h3"): 1}
+    assert os.getpid() not in second["pids"]
 
 
 def test_unreachable_host_error_names_the_host(tmp_path):

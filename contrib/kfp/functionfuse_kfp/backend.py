@@ -6,12 +6,12 @@
 >>> KFPWorkflow(node3, workflow_name="operations", kfp_host="http://kfp:8080").run()  # the run id  # doctest: +SKIP
 
 Every node becomes a lightweight Python component named after the node. Its
-function, arguments and node plugins' callables travel as a base64
-cloudpickle payload (a constant parameter), so node functions, closures
-included, need not be self-contained. Each parent's value reaches the node as
-an input artifact; the node writes its value to its ``value`` output
-artifact (a stateful node's instance to ``state``). The code that runs in
-the component is :mod:`functionfuse_kfp.runtime`.
+:class:`functionfuse.nodecall.NodeCall` (function, argument template, node
+plugins' callables, storage, worker hooks) travels as a base64 cloudpickle
+payload, a constant parameter. Each parent's value reaches the node as an
+input artifact; the component (:mod:`functionfuse_kfp.runtime`) runs the call
+through :func:`functionfuse.nodecall.run_node_call` and writes the value to
+its ``value`` output artifact (a method call's instance to ``state``).
 """
 
 from __future__ import annotations
@@ -32,45 +32,26 @@ from typing import Any
 
 import cloudpickle
 
+from functionfuse.base import COMPUTE, ResumePlan, Run, Workflow
 from functionfuse.errors import InvalidOptionError, NodeExecutionError
-from functionfuse.frontend import Node, resolve_args
-from functionfuse.workflow import Workflow
+from functionfuse.frontend import Node
+from functionfuse.nodecall import METHOD, OBJECT
 
 from .errors import KFPCompileError, KFPConnectionError
-from .runtime import REPORT_DIR_ENV, ff_run_node, ff_substitute
+from .runtime import REPORT_DIR_ENV, ff_run_node
 
-__all__ = ["KFPWorkflow"]
-
-
-def _make_slot_class() -> type:
-    """The placeholder of a parent's value in the arguments a component receives.
-
-    Made inside a function so cloudpickle ships the class by value: the
-    component needs no functionfuse to substitute its parents' values.
-    """
-
-    class ParentSlot:
-        __slots__ = ("index", "keys")
-
-        def __init__(self, index: int, keys: tuple = ()):
-            self.index = index
-            self.keys = keys
-
-        def __getitem__(self, key: Any) -> Any:  # node[0] of a parent: keys are applied in the component
-            return ParentSlot(self.index, self.keys + (key,))
-
-        def __repr__(self) -> str:
-            return f"<parent {self.index}{''.join(f'[{k!r}]' for k in self.keys)}>"
-
-    return ParentSlot
-
-
-_ParentSlot = _make_slot_class()
+__all__ = ["KFPWorkflow", "strip_ansi"]
 
 #: kfp.local keeps one global configuration: local runs take turns
 _LOCAL_RUN_LOCK = threading.Lock()
 #: component functions by (number of inputs, has a state output): only their signatures differ
 _COMPONENT_FUNCTIONS: dict = {}
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
+
+
+def strip_ansi(text: str) -> str:
+    """``text`` without terminal colour and cursor codes (kfp's local runner colours its messages)."""
+    return _ANSI.sub("", text)
 
 
 def _component_function(inputs: int, has_state: bool) -> Any:
@@ -81,13 +62,10 @@ def _component_function(inputs: int, has_state: bool) -> Any:
     :func:`inspect.getsource` finds it.
     """
     key = (inputs, has_state)
-    found = _COMPONENT_FUNCTIONS.get(key)
-    if found is None:
+    if key not in _COMPONENT_FUNCTIONS:
         name = f"functionfuse_node_{inputs}{'_state' if has_state else ''}"
         params = ["payload: str"] + [f"parent_{i}: Input[Artifact]" for i in range(inputs)]
-        params.append("value: Output[Artifact]")
-        if has_state:
-            params.append("state: Output[Artifact]")
+        params += ["value: Output[Artifact]"] + (["state: Output[Artifact]"] if has_state else [])
         paths = ", ".join(f"parent_{i}.path" for i in range(inputs))
         source = (
             f"def {name}({', '.join(params)}):\n"
@@ -99,10 +77,9 @@ def _component_function(inputs: int, has_state: bool) -> Any:
         namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "ff_run_node": ff_run_node}
         # dont_inherit: this module's `from __future__ import annotations` would turn the annotations KFP reads into strings
         exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - generated from fixed text
-        func = namespace[name]
-        func.__module__ = __name__
-        found = _COMPONENT_FUNCTIONS[key] = (func, filename, source)
-    func, filename, source = found
+        namespace[name].__module__ = __name__
+        _COMPONENT_FUNCTIONS[key] = (namespace[name], filename, source)
+    func, filename, source = _COMPONENT_FUNCTIONS[key]
     # every time: anyone may have cleared linecache (linecache.clearcache) since
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return func
@@ -117,34 +94,14 @@ def _check_options(workflow_name: str, base_image: Any, packages_to_install: Any
     where = f"KFPWorkflow({workflow_name!r})"
     if not isinstance(base_image, str) or not base_image.strip():
         raise InvalidOptionError(f"{where}: base_image must be a container image name, got {base_image!r}")
-    if packages_to_install is None:
-        packages: list[str] = []
-    elif isinstance(packages_to_install, (list, tuple)) and all(isinstance(p, str) for p in packages_to_install):
-        packages = list(packages_to_install)
-    else:
+    packages = packages_to_install or []
+    if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
         raise InvalidOptionError(
             f"{where}: packages_to_install must be a list of pip requirement strings, got {packages_to_install!r}"
         )
     if kfp_host is not None and (not isinstance(kfp_host, str) or not kfp_host.strip()):
         raise InvalidOptionError(f"{where}: kfp_host must be the URL of a KFP server, got {kfp_host!r}")
-    return packages
-
-
-class _Plan:
-    """What each node's component does in one pipeline: compute, or read a stored result."""
-
-    __slots__ = ("always_read", "compute", "read", "stored")
-
-    def __init__(self, compute: set | None, read: set, stored: set, always_read: bool):
-        self.compute = compute  # None: every node
-        self.read = read
-        self.stored = stored
-        self.always_read = always_read
-
-    def mode(self, node: Node) -> str | None:
-        if self.compute is None or node in self.compute:
-            return "call"
-        return "read" if node in self.read else None
+    return list(packages)
 
 
 class KFPWorkflow(Workflow):
@@ -153,11 +110,11 @@ class KFPWorkflow(Workflow):
     :param nodes: one or more leaf nodes.
     :param workflow_name: the pipeline's name (lower-cased, dashes for other characters, as KFP wants),
         and the name results are stored under.
-    :param base_image: the container image of every component; its Python must match this one's
-        (functions travel as cloudpickle, which ships bytecode).
+    :param base_image: the container image of every component; it must hold ``functionfuse`` (the
+        component runs the node call with it) and a Python of this one's minor version (functions
+        travel as cloudpickle, which ships bytecode).
     :param packages_to_install: pip requirements every component installs before it runs, besides
-        ``cloudpickle`` (pinned to this version) and ``kfp``; add ``functionfuse`` and ``functionfuse-kfp``
-        (or use an image holding them) when storage or node plugins are set.
+        ``cloudpickle`` (pinned to this version) and ``kfp``.
     :param kfp_host: the URL of a KFP server: :meth:`run` submits the pipeline there and returns the run id.
         Without it, :meth:`run` runs the pipeline here with KFP's local ``SubprocessRunner``.
     """
@@ -186,144 +143,86 @@ class KFPWorkflow(Workflow):
         return _k8s_name(self.workflow_name) or "functionfuse-workflow"
 
     # -- building the pipeline -----------------------------------------------------------
-    def _component_packages(self) -> list[str]:
-        packages = list(self.packages_to_install)
-        if not any(re.match(r"cloudpickle\b", p) for p in packages):
-            packages.insert(0, f"cloudpickle=={cloudpickle.__version__}")
-        return packages
-
     def _make_component(self, node: Node, inputs: int, has_state: bool, local: bool) -> Any:
         from kfp import dsl
 
-        func = _component_function(inputs, has_state)
+        packages = list(self.packages_to_install)
+        if not any(re.match(r"cloudpickle\b", p) for p in packages):
+            packages.insert(0, f"cloudpickle=={cloudpickle.__version__}")
         with _quiet_kfp_warnings():
             component = dsl.component(
-                func,
+                _component_function(inputs, has_state),
                 base_image=self.base_image,
                 # Locally the component runs in this Python, which has everything: nothing to pip install.
-                packages_to_install=None if local else self._component_packages(),
+                packages_to_install=None if local else packages,
                 install_kfp_package=not local,
-                additional_funcs=[ff_substitute, ff_run_node],
+                additional_funcs=[ff_run_node],
             )
-        component.component_spec.name = node.name
-        component.name = node.name
+        component.component_spec.name = component.name = node.name
         return component
 
-    def _payload(self, index: int, node: Node, mode: str, callables: list, plan: _Plan) -> str:
-        storage = self.storage
-        spec: dict = {
-            "index": index,
-            "name": node.name,
-            "workflow": self.workflow_name,
-            "mode": mode,
-            "storage": storage if storage is not None and (mode == "read" or node.kind != "object") else None,
-            "save": storage is not None and node.kind != "object" and node.name not in plan.stored,
-            "always_read": plan.always_read,
-        }
-        if mode == "call":
-            slots = {parent: _ParentSlot(i) for i, parent in enumerate(node.parents)}
-            args, kwargs = resolve_args(node, slots)
-            spec.update(func=node.func, slot=_ParentSlot, args=list(args), kwargs=dict(kwargs), callables=callables)
+    def _payload(self, index: int, call: Any) -> str:
         try:
-            blob = cloudpickle.dumps(spec)
+            return base64.b64encode(cloudpickle.dumps((index, call))).decode("ascii")
         except Exception as exc:
             raise KFPCompileError(
-                f"node {node.name!r} of workflow {self.workflow_name!r} cannot be shipped to its KFP component: "
+                f"node {call.name!r} of workflow {self.workflow_name!r} cannot be shipped to its KFP component: "
                 f"its function, arguments, node plugins or storage do not pickle: {type(exc).__name__}: {exc}"
             ) from exc
-        return base64.b64encode(blob).decode("ascii")
 
-    def _build(self, hooks: Any, plan: _Plan, local: bool, report_dir: str | None, all_outputs: bool) -> tuple:
-        """The pipeline (a KFP graph component) and what the driver needs to read its run.
+    def _build(self, run: Run, steps: list, local: bool, report_dir: str | None = None) -> tuple:
+        """The pipeline (a KFP graph component) running ``steps`` (``(node, action)`` of :meth:`Run.steps`).
 
         :returns: ``(pipeline, outputs, task_names)``: the pipeline output name of each node whose
             value the pipeline returns, and the task name KFP gave each node.
         """
         from kfp import dsl
 
-        attrs = self.node_attrs
-        context = hooks.context
-        steps: list = []  # (node, component, payload, [(source node, output name)], ...)
-        state_source: dict = {}  # stateful node -> (node whose output holds its current instance, output name)
-        for index, node in enumerate(self.nodes):
-            mode = plan.mode(node)
-            if mode is None:
-                if hooks.node_restored is not None:
-                    hooks.node_restored(node=node, context=context)
-                continue
-            if mode == "read" and hooks.node_restored is not None:
-                hooks.node_restored(node=node, context=context)
-            kind = node.kind
-            sources: list = []
-            callables: list = []
-            if mode == "call":
-                for parent in node.parents:
-                    if parent.kind == "object":  # the instance as the calls before this node left it
-                        sources.append(state_source[parent])
-                    else:
-                        sources.append((parent, "value"))
-                node_attrs = attrs.get(node, {})
-                if hooks.prepares_every_node or node_attrs:
-                    callables = hooks.prepare(node)
-            has_state = kind == "method" and mode == "call"
-            payload = self._payload(index, node, mode, callables, plan)
-            component = self._make_component(node, len(sources), has_state, local)
-            if kind == "object":
-                state_source[node] = (node, "value")
-            elif has_state:
-                state_source[node.obj] = (node, "state")
-            steps.append((node, component, payload, sources))
-            if mode == "call" and hooks.before_node is not None:
-                hooks.before_node(node=node, context=context)
+        tasks_spec: list = []  # (node, component, payload, [(source node, output name)])
+        state: dict = {}  # stateful object node -> (node whose output holds its current instance, output name)
+        for index, (node, action) in enumerate(steps):
+            call, deps = run.node_call(node, action)
+            sources = [state.get(dep, (dep, "value")) for dep in deps]
+            if call.mode == OBJECT:
+                state[node] = (node, "value")
+            elif call.mode == METHOD:
+                state[node.obj] = (node, "state")
+            component = self._make_component(node, len(sources), call.mode == METHOD, local)
+            tasks_spec.append((node, component, self._payload(index, call), sources))
+            if local and action == COMPUTE:
+                run.started(node)
 
-        returned = [n for n, *_ in steps] if all_outputs else [leaf for leaf in self.leaves if plan.mode(leaf)]
-        outputs = {node: f"node_{i}" for i, node in enumerate(returned)}
-        fields = [(name, dsl.Artifact) for name in outputs.values()]
+        # every node's value when ff_after_node wants them, else the leaves'; an object's as its last call left it
+        returned = [n for n, *_ in tasks_spec] if local and run.after_node is not None else self.leaves
+        outputs = {node: (f"node_{i}", *state.get(node, (node, "value"))) for i, node in enumerate(returned)}
         task_names: dict = {}
-        env = {}
-        if local:
-            # Nodes pickled by reference (helpers of a test module, a script's package) import in the component.
-            env = {REPORT_DIR_ENV: report_dir or "", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+        # Locally, nodes pickled by reference (helpers of a test module, a script's package) import in the component.
+        env = {REPORT_DIR_ENV: report_dir, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)} if local else {}
 
         def functionfuse_pipeline():
             tasks: dict = {}
-            for node, component, payload, sources in steps:
-                arguments = {"payload": payload}
-                for i, (source, output) in enumerate(sources):
-                    arguments[f"parent_{i}"] = tasks[source].outputs[output]
-                task = component(**arguments)
+            for node, component, payload, sources in tasks_spec:
+                arguments = {f"parent_{i}": tasks[src].outputs[out] for i, (src, out) in enumerate(sources)}
+                task = tasks[node] = component(payload=payload, **arguments)
                 if not local:  # the exact node name in the KFP UI; the local runner warns that it ignores it
                     task.set_display_name(node.name)
                 task.set_caching_options(False)  # storage, not KFP's cache, decides what is reused
                 for key, value in env.items():
                     task.set_env_variable(key, value)
-                tasks[node] = task
                 task_names[node] = task.name
-            if not fields:
-                return None
-            return outputs_type(**{name: tasks[node].outputs["value"] for node, name in outputs.items()})
+            return outputs_type(**{name: tasks[src].outputs[out] for name, src, out in outputs.values()})
 
-        outputs_type = typing.NamedTuple("Outputs", fields) if fields else None
-        functionfuse_pipeline.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
-            [], return_annotation=outputs_type if fields else inspect.Signature.empty
-        )
-        functionfuse_pipeline.__annotations__ = {"return": outputs_type} if fields else {}
+        # a workflow has at least one leaf, so the pipeline always returns something
+        outputs_type = typing.NamedTuple("Outputs", [(name, dsl.Artifact) for name, _, _ in outputs.values()])
+        functionfuse_pipeline.__signature__ = inspect.Signature([], return_annotation=outputs_type)  # type: ignore[attr-defined]
+        functionfuse_pipeline.__annotations__ = {"return": outputs_type}
         pipeline = dsl.pipeline(
             functionfuse_pipeline,
             name=self.pipeline_name,
             display_name=self.workflow_name,
             description=f"functionfuse workflow {self.workflow_name!r} ({len(self.nodes)} nodes)",
         )
-        return pipeline, outputs, task_names
-
-    def _full_plan(self) -> _Plan:
-        return _Plan(None, set(), set(), bool(getattr(self.storage, "always_read", False)))
-
-    def _resume_plan(self) -> _Plan:
-        if self.storage is None:
-            return self._full_plan()
-        stored, compute, read, always_read = self.resume_plan()
-        return _Plan(compute, read, stored, always_read)
+        return pipeline, {node: name for node, (name, _, _) in outputs.items()}, task_names
 
     def generate_pipeline(self) -> Any:
         """The KFP pipeline (a graph component) of this workflow, as :meth:`compile` writes it.
@@ -331,8 +230,10 @@ class KFPWorkflow(Workflow):
         Every node computes (and, with storage, saves its result); the pipeline returns the leaves'
         values as output artifacts ``node_0``, ``node_1``, ...
         """
-        _context, hooks = self.new_run()
-        return self._build(hooks, self._full_plan(), local=False, report_dir=None, all_outputs=False)[0]
+        run = self.new_run()
+        # The cluster's storage is not this machine's to list: plan a full run, every node computed and saved.
+        run.plan = ResumePlan(set(), None, set(), bool(getattr(self.storage, "always_read", False)))
+        return self._build(run, list(run.steps()), local=False)[0]
 
     def compile(self, path: str | os.PathLike) -> str:
         """Write the pipeline as KFP IR YAML to ``path`` (for a KFP server or ``kfp.Client``); return the path."""
@@ -343,7 +244,9 @@ class KFPWorkflow(Workflow):
         try:
             compiler.Compiler().compile(pipeline, package_path=path)
         except OSError as exc:
-            raise KFPCompileError(f"workflow {self.workflow_name!r}: cannot write the pipeline to {path!r}: {exc}") from exc
+            raise KFPCompileError(
+                f"workflow {self.workflow_name!r}: cannot write the pipeline to {path!r}: {exc}"
+            ) from exc
         return path
 
     # -- running -------------------------------------------------------------------------
@@ -352,29 +255,18 @@ class KFPWorkflow(Workflow):
         or, with ``kfp_host``, submit it to that KFP server and return the run id."""
         if self.kfp_host is not None:
             return self._submit()
-        _context, hooks = self.new_run()
-        hooks.before_run()
-        error: BaseException | None = None
-        try:
-            return self._run_local(hooks)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            hooks.after_run(error)
+        return super().run()
 
-    def _run_local(self, hooks: Any) -> Any:
+    def _submit_and_collect(self, run: Run) -> list:
         import kfp.local
         from kfp.local import config
 
-        plan = self._resume_plan()
         scratch = tempfile.mkdtemp(prefix="ff-kfp-")
         report_dir = os.path.join(scratch, "reports")
         os.mkdir(report_dir)
         try:
-            pipeline, outputs, task_names = self._build(
-                hooks, plan, local=True, report_dir=report_dir, all_outputs=hooks.after_node is not None
-            )
+            steps = list(run.steps())
+            pipeline, outputs, task_names = self._build(run, steps, local=True, report_dir=report_dir)
             with _LOCAL_RUN_LOCK:
                 previous = config.LocalExecutionConfig.instance
                 try:
@@ -386,45 +278,39 @@ class KFPWorkflow(Workflow):
                     try:
                         task = pipeline()
                     except RuntimeError as exc:
-                        error, cause = self._node_failure(exc, hooks, report_dir, task_names)
-                        raise error from cause
+                        self._fail(run, exc, steps, report_dir, task_names)
                 finally:
                     config.LocalExecutionConfig.instance = previous
             values = {}
             for node, name in outputs.items():
                 with open(task.outputs[name].path, "rb") as handle:
                     values[node] = cloudpickle.load(handle)
-            if hooks.after_node is not None:
-                for index, node in enumerate(self.nodes):
-                    if plan.mode(node) == "call":
-                        info = _read_info(report_dir, index)
-                        hooks.after_node(node=node, result=values[node], context=hooks.context, info=info)
-            return self._leaf_result([values[leaf] for leaf in self.leaves])
+            if run.after_node is not None:
+                for index, (node, action) in enumerate(steps):
+                    if action == COMPUTE:
+                        run.finished(node, values[node], _read_info(report_dir, index))
+            return [values[leaf] for leaf in self.leaves]
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
 
-    def _node_failure(self, exc: RuntimeError, hooks: Any, report_dir: str, task_names: dict) -> tuple:
-        """The error naming the node whose component failed, chained to what the node raised."""
-        failed = None
-        for name in os.listdir(report_dir):
-            if name.endswith(".error"):
+    def _fail(self, run: Run, exc: RuntimeError, steps: list, report_dir: str, task_names: dict) -> None:
+        """Raise the error naming the node whose component failed, chained to what the node raised."""
+        for name in sorted(os.listdir(report_dir)):
+            if name.endswith(".error"):  # the node raised, and its component reported it
                 index = int(name.split(".")[0])
                 with open(os.path.join(report_dir, name), "rb") as handle:
                     cause = cloudpickle.load(handle)
-                failed = (self.nodes[index], cause, _read_info(report_dir, index))
-                break
-        if failed is None:  # the component died before the node ran: KFP's message names its task
-            message = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-            for node, task_name in task_names.items():
-                if re.search(rf"Inner task failed: {re.escape(task_name)}\b", message):
-                    failed = (node, exc, {})
-                    break
+                run.fail(steps[index][0], cause, _read_info(report_dir, index))
+        # The component died before it could report (os._exit, a signal, a crash in native code):
+        # KFP's message names its task, in quotes and terminal colours.
+        message = strip_ansi(str(exc))
+        found = re.search(r"Inner task failed: '?([-0-9a-z]+)'?", message)
+        failed = {task: node for node, task in task_names.items()}.get(found.group(1) if found else None)
+        cause = RuntimeError(message)
         if failed is None:
-            return NodeExecutionError("?", self.workflow_name, exc, detail=f"the KFP local run failed: {exc}"), exc
-        node, cause, info = failed
-        if hooks.node_error is not None:
-            hooks.node_error(node=node, error=cause, context=hooks.context, info=info)
-        return NodeExecutionError(node.name, self.workflow_name, cause), cause
+            raise NodeExecutionError("?", self.workflow_name, cause, f"the KFP local run failed: {message}") from cause
+        detail = f"its KFP component's process ended without reporting a result (killed, crashed, exited): {message}"
+        run.fail(failed, cause, {}, detail)
 
     def _submit(self) -> str:
         """Compile the pipeline and start a run of it on ``kfp_host``; return the run id."""
@@ -440,7 +326,7 @@ class KFPWorkflow(Workflow):
             except Exception as exc:
                 raise KFPConnectionError(
                     f"workflow {self.workflow_name!r}: the Kubeflow Pipelines server at kfp_host={host!r} "
-                    f"could not be reached or refused the run: {type(exc).__name__}: {exc}"
+                    f"could not be reached or refused the run: {type(exc).__name__}: {strip_ansi(str(exc))}"
                 ) from exc
         self.run_id = result.run_id
         return result.run_id
