@@ -421,7 +421,7 @@ def test_plugins_prepare_in_driver_in_order_and_run_in_worker():
 
     on_ray = build(RayWorkflow).run()
     expected = []
-    for seed in (7, 8, 9):  # seeds advance in the driver, in run order
+    for seed in (8, 9, 10):  # seeds advance in the driver, in run order, before each node (the original's sequence)
         random.seed(seed)
         expected.append(random.random())
     assert on_ray == [*expected, 12.5]
