@@ -1148,17 +1148,25 @@ def args_fingerprint(node: Node, fps: dict, hook: Callable | None = None, *, exc
 
     :raises UnfingerprintableError: naming the node and the argument.
     """
-    ctx = _Context(hook, None, fps, include_package_versions)
-    positions, keys = _excluded(node, exclude) if exclude else ((), ())
+    excluded = _excluded(node, exclude) if exclude else None
+    return _args_digest(node, fps, _Context(hook, None, fps, include_package_versions), excluded)
+
+
+_KIND_TAGS = {"call": _enc_str("call"), "object": _enc_str("object"), "method": _enc_str("method")}
+
+
+def _args_digest(node: Node, fps: dict, ctx: _Context, excluded: tuple | None) -> str:
+    encoders = _ATOM_ENCODERS
+    kind = node.kind
     h = _hasher(_ARGS_SALT)
-    h.update(_enc_str(node.kind))
-    if node.kind == "method":
+    h.update(_KIND_TAGS.get(kind) or _enc_str(kind))
+    if kind == "method":
         h.update(b"M" + _enc_str(node.method_name) + fps[node.chain_prev].encode())
+    positions, keys = excluded or ((), ())
     position = key = None
     try:
         for position, a in enumerate(node.args):
-            cls = a.__class__
-            enc = _ATOM_ENCODERS.get(cls)
+            enc = encoders.get(a.__class__)
             if position in positions:
                 h.update(b"X")
             elif enc is not None:
@@ -1174,7 +1182,7 @@ def args_fingerprint(node: Node, fps: dict, hook: Callable | None = None, *, exc
             for key in sorted(kwargs):
                 a = kwargs[key]
                 h.update(_enc_str(key))
-                enc = _ATOM_ENCODERS.get(a.__class__)
+                enc = encoders.get(a.__class__)
                 if key in keys:
                     h.update(b"X")
                 elif enc is not None:
@@ -1199,7 +1207,7 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
     Each is ``call_fingerprint(code_fingerprint(node.func),
     args_fingerprint(node, fps), [fps[p] for p in node.parents],
     versions.get(node))``; code fingerprints are looked up once per distinct
-    function per call.
+    function per call, so a global rebound since the last run is seen.
 
     :param order: the nodes, every parent before its children (a run order).
     :param versions: node -> manual version (``set_version``), for what code cannot see.
@@ -1221,8 +1229,7 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
     code_fps: dict = {}
     versions = versions or {}
     exclude = exclude or {}
-    hook_ctx = _Context(hook, None, fps, include_package_versions)
-    encoders = _ATOM_ENCODERS
+    ctx = _Context(hook, None, fps, include_package_versions)
     for node in order:
         func = node.func
         try:
@@ -1235,18 +1242,9 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
                 code_fps[func] = code_fp
             except TypeError:
                 pass
+        names = exclude.get(node) if exclude else None
         try:
-            if node.argmode == 0 and not node.kwargs and node.kind == "call" and node not in exclude:
-                # the common case inline: literal atoms only
-                h = _hasher(_ARGS_SALT)
-                h.update(b"s4:call")
-                for a in node.args:
-                    enc = encoders.get(a.__class__)
-                    h.update(enc(a) if enc is not None else b"V" + _args_value(node, a, hook_ctx).encode())
-                args_fp = h.hexdigest()
-            else:
-                args_fp = args_fingerprint(node, fps, hook, exclude=exclude.get(node, ()),
-                                           include_package_versions=include_package_versions)
+            args_fp = _args_digest(node, fps, ctx, _excluded(node, names) if names else None)
             fps[node] = call_fingerprint(code_fp, args_fp, [fps[p] for p in node.parents], versions.get(node))
         except KeyError as missing:
             raise ValueError(
@@ -1254,15 +1252,3 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
                 "or is not in the order; pass a run order"
             ) from None
     return fps
-
-
-def _args_value(node: Node, a: Any, ctx: _Context) -> str:
-    """A non-atom positional argument of a node whose arguments hold no dependency."""
-    try:
-        return _value_hex(a, ctx)
-    except UnfingerprintableError as error:
-        position = next(k for k, x in enumerate(node.args) if x is a)
-        raise UnfingerprintableError(
-            error.reason, node_name=node.name, argument=_argument_label(node, position, None),
-            type_name=error.type_name,
-        ) from None

@@ -242,7 +242,11 @@ def test_a_class_counts_its_methods_and_user_bases(load):
     before = code_fingerprint(load({"wfc": CLASSES}, "wfc").Counter)
     reordered = CLASSES.replace(
         "        def total(self):\n            return self.n\n", ""
-    ).replace("    class Counter(Base):\n", "    class Counter(Base):\n        def total(self):\n            return self.n\n\n")
+    ).replace(
+        "    class Counter(Base):\n",
+        '    class Counter(Base):\n        """A docstring, added."""\n\n        def total(self):  # moved up\n'
+        "            return self.n\n\n",
+    )
     assert code_fingerprint(load({"wfc": reordered}, "wfc").Counter) == before  # name order, not source order
     assert code_fingerprint(load({"wfc": CLASSES.replace("return self.n\n", "return -self.n\n")}, "wfc").Counter) != before
     assert code_fingerprint(load({"wfc": CLASSES.replace("return 1", "return 2")}, "wfc").Counter) != before
@@ -293,7 +297,9 @@ CROSS_PROCESS = """
 
 
 def test_fingerprints_are_the_same_in_fresh_processes_with_other_hash_seeds(tmp_path):
-    (tmp_path / "wf.py").write_text(textwrap.dedent(PLAIN.replace("import helpers", "").replace("helpers.factor(x)", "len({'u', 'v', 'w'} & {x})")))
+    (tmp_path / "wf.py").write_text(textwrap.dedent(PLAIN.replace("import helpers", "").replace(
+        "helpers.factor(x)", "len({'u', 'v', 'w'} & {x}) + (x in {'p', 'q', 'r', 's', 't'})"
+    )))
     (tmp_path / "probe.py").write_text(textwrap.dedent(CROSS_PROCESS))
     outputs = []
     for seed in ("1", "2", "12345"):
