@@ -332,8 +332,9 @@ def test_node_plugins_run_inside_the_task_before_the_function():
         return wf
 
     expected = configure(LocalWorkflow(build())).run()
-    # the node functions run in worker threads: the plugin callables ran there, right before them
-    assert configure(prefect_workflow(build(), name="plugins")).run() == expected == (0, True, 7)
+    # the node functions run in worker threads: the plugin callables ran there, right before them;
+    # the original's RandomStatePlugin sequence: local_initialize advances first, so node2 gets seed + 1
+    assert configure(prefect_workflow(build(), name="plugins")).run() == expected == (0, True, 8)
 
 
 def test_node_error_names_the_node_and_chains_the_cause(tmp_path):
@@ -361,6 +362,59 @@ def test_node_error_names_the_node_and_chains_the_cause(tmp_path):
     assert record["status"] == "failed"
     assert {n: e["outcome"] for n, e in record["nodes"].items()} == {"fine": "computed", "broken": "failed"}
     assert record["nodes"]["broken"]["error"] == "ValueError: cannot use 3"
+
+
+
+def test_prefect_hooks_fire_for_every_node_from_an_entry_point_plugin(tmp_path, monkeypatch):
+    """A plugin installed through the ``functionfuse`` entry point sees every execute, save and read."""
+    import importlib
+
+    import ff_hookcounter
+    from functionfuse.manager import clear_cache
+
+    log = str(tmp_path / "hooks.log")
+    in_task: list = []
+
+    class WhereSaved:
+        name = "where-saved"
+
+        @hookimpl(wrapper=True)
+        def ff_storage_save(self, task_name):
+            from prefect.runtime import task_run
+
+            in_task.append((task_name, task_run.get_task_name()))
+            return (yield)
+
+    monkeypatch.setenv(ff_hookcounter.ENV, log)
+    importlib.reload(ff_hookcounter)  # the entry point's object is chosen when the module is imported
+    clear_cache()  # so the next plugin manager loads it
+    try:
+        storage = {"kind": "file", "options": {"path": str(tmp_path / "storage")}}
+        leaf = seed_graph()
+        assert functionfuse.run(leaf, backend="prefect", workflow_name="counted", storage=storage,
+                                plugins=[WhereSaved()]) == 6
+        computed = ("node1", "node2", "node3")
+        assert ff_hookcounter.counts(log)["calls"] == {
+            (hook, name): 1 for hook in ("ff_execute_node", "ff_storage_save") for name in computed
+        }
+        # the save hooks ran inside each node's Prefect task
+        assert sorted(in_task) == [(name, name) for name in computed]
+
+        # Second run, one new node: its stored parents are read back (in the flow), nothing else runs again.
+        open(log, "w").close()
+        node2, node3 = leaf.parents[1], leaf
+        assert functionfuse.run(add(node2, node3).set_name("node4"), backend="prefect", workflow_name="counted",
+                                storage=storage) == 9
+        assert ff_hookcounter.counts(log)["calls"] == {
+            ("ff_storage_read", "node2"): 1,
+            ("ff_storage_read", "node3"): 1,
+            ("ff_execute_node", "node4"): 1,
+            ("ff_storage_save", "node4"): 1,
+        }
+    finally:
+        monkeypatch.delenv(ff_hookcounter.ENV)
+        importlib.reload(ff_hookcounter)
+        clear_cache()
 
 
 FLOW_SCRIPT = """

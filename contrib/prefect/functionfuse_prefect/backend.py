@@ -5,26 +5,26 @@
 >>> wf.query("^node1$").set_task_args({"retries": 2})  # doctest: +SKIP
 >>> wf.run()  # doctest: +SKIP
 
-The flow body is the driver: it plans the run (reading stored results when
-storage is set), submits every node still to compute as a Prefect task whose
-inputs are its parents' futures, then waits for them in run order, firing
-the functionfuse hooks as results arrive.
+The flow body is the driver: it runs the core run envelope
+(:meth:`functionfuse.base.Workflow.run`), submitting every node still to
+compute as a Prefect task whose inputs are its parents' futures, then waiting
+for them in run order, firing the run and node hooks as results arrive. Each
+task runs the node's call (:func:`functionfuse.nodecall.run_node_call`), so
+node plugins, ``ff_execute_node`` and the storage hooks fire inside the task.
 """
 
 from __future__ import annotations
 
 import hashlib
 import inspect
-import os
-import socket
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from functionfuse.errors import InvalidOptionError, NodeExecutionError
-from functionfuse.frontend import Node, Ref, _substitute, resolve_args
-from functionfuse.workflow import Workflow
+from functionfuse.base import READ, Run, Workflow, info_of
+from functionfuse.errors import InvalidOptionError
+from functionfuse.frontend import Node
+from functionfuse.nodecall import NodeCall, node_error_name, run_node_call, worker_location
 
 __all__ = ["PrefectWorkflow", "check_flow_options", "check_task_args"]
 
@@ -65,76 +65,28 @@ def _check_options(options: Any, known: frozenset, what: str, api: str, where: s
 _INHERITED_BY_TASKS = ("persist_result", "result_storage", "result_serializer")
 
 
-class _Slot:
-    """Stands for the i-th parent's value in the arguments a Prefect task receives."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int):
-        self.index = index
-
-    def __eq__(self, other: object) -> bool:
-        return other.__class__ is _Slot and other.index == self.index  # type: ignore[attr-defined]
-
-    def __hash__(self) -> int:
-        return hash((_Slot, self.index))
-
-    def __getstate__(self) -> int:
-        return self.index
-
-    def __setstate__(self, index: int) -> None:
-        self.index = index
-
-    def __repr__(self) -> str:
-        return f"<parent {self.index}>"
-
-
 def _fingerprint(func: Any, cache: dict) -> str:
     """``module.qualname@hash-of-code``: part of the task's inputs, so cache keys change with the code."""
     found = cache.get(func)
-    if found is not None:
-        return found
-    target = func.__init__ if isinstance(func, type) else func
-    code = getattr(target, "__code__", None)
-    digest = "nocode"
-    if code is not None:
-        digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
-    name = f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', type(func).__name__)}@{digest}"
-    cache[func] = name
-    return name
+    if found is None:
+        code = getattr(func.__init__ if isinstance(func, type) else func, "__code__", None)
+        digest = "nocode" if code is None else hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+        found = cache[func] = f"{func.__module__}.{func.__qualname__}@{digest}"
+    return found
 
 
-def _node_task_fn(
-    node: Node, callables: list, save: Any, workflow_name: str, always_read: bool, timings: dict
-) -> Callable:
-    """The function of one node's Prefect task.
+def _task_fn(call: NodeCall, infos: dict) -> Callable:
+    """The function of one node's Prefect task: it runs the node call with the parents' values.
 
-    Its parameters are what Prefect shows and hashes for cache keys: the
-    node's function fingerprint, its parents' values (Prefect resolves the
-    futures) and its own arguments with parents as placeholders.
+    Its parameters are what Prefect shows and hashes for cache keys: the code
+    fingerprint, the parents' values (Prefect resolves the futures) and the
+    node's own arguments with ``Ref(i, keys)`` standing for the parents.
     """
-    func = node.func
-    name = node.name
 
-    def call_node(function: str, inputs: list, args: list, kwargs: dict) -> Any:
-        values = {_Slot(index): value for index, value in enumerate(inputs)}
-        args = [_substitute(a, values) for a in args]
-        kwargs = {k: _substitute(v, values) for k, v in kwargs.items()}
-        start = time.time()
-        began = time.perf_counter()
-        for call in callables:  # node plugins: worker-side initialisation before the function
-            call()
-        value = func(*args, **kwargs)
-        if save is not None:
-            save.save(workflow_name, name, value)
-            if always_read:
-                value = save.read_task(workflow_name, name)
-        timings[name] = {
-            "start": start,
-            "duration": time.perf_counter() - began,
-            "worker": f"pid {os.getpid()} {threading.current_thread().name}",
-            "host": socket.gethostname(),
-        }
+    def call_node(function: str, parents: list, args: Any, kwargs: dict) -> Any:
+        value, start, duration = run_node_call(call, parents)
+        worker, host = worker_location()
+        infos[call.name] = info_of(start, duration, f"{worker} {threading.current_thread().name}", host)
         return value
 
     return call_node
@@ -174,7 +126,7 @@ class PrefectWorkflow(Workflow):
         from prefect.exceptions import InvalidNameError as PrefectInvalidNameError
 
         def functionfuse_workflow() -> Any:
-            return self._run_in_flow()
+            return Workflow.run(self)  # the core envelope, inside the flow run
 
         options = {"name": self.workflow_name, **self.flow_options}
         try:
@@ -188,66 +140,42 @@ class PrefectWorkflow(Workflow):
         """Run the flow; return the leaf's value, or a list for several leaves."""
         return self.generate_flow()()
 
-    # -- the flow body: the driver ------------------------------------------------
-    def _run_in_flow(self) -> Any:
-        context, hooks = self.new_run()
-        hooks.before_run()
-        error: BaseException | None = None
-        try:
-            return self._submit_and_wait(context, hooks)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
-            hooks.after_run(error)
-
-    def _submit_and_wait(self, context: Any, hooks: Any) -> Any:
-        from prefect import task as prefect_task
+    def _submit_and_collect(self, run: Run) -> list:
+        from prefect import task
         from prefect.cache_policies import NO_CACHE
 
-        storage = self.storage
-        name = self.workflow_name
-        stored, to_compute, to_read, always_read = self.resume_plan()
-        attrs = self.node_attrs
         # Prefect 3 tasks do not follow the flow's result settings; functionfuse users set them once, on the flow.
         inherited = {key: self.flow_options[key] for key in _INHERITED_BY_TASKS if key in self.flow_options}
-        values: dict = {}  # results read back from storage
+        values: dict = {}  # node -> its value (read back) or its PrefectFuture, then its value
         futures: dict = {}  # node -> PrefectFuture, in run order
-        timings: dict = {}
+        infos: dict = {}  # node name -> info of its call, written by the task
         fingerprints: dict = {}
-        for node in self.nodes:
-            if to_compute is not None and node not in to_compute:
-                if node in to_read:
-                    values[node] = hooks.read(storage, node.name)
-                if hooks.node_restored is not None:
-                    hooks.node_restored(node=node, context=context)
+        for node, action in run.steps():
+            call, deps = run.node_call(node, action)
+            if action == READ:  # read in the flow: the read hooks fire here
+                try:
+                    values[node] = run_node_call(call, ())[0]
+                except Exception as exc:
+                    run.fail(node, exc)
                 continue
-            node_attrs = attrs.get(node, {})
-            callables = hooks.prepare(node) if hooks.prepares_every_node or node_attrs else []
-            slots = {parent: Ref(_Slot(index), ()) for index, parent in enumerate(node.parents)}
-            inputs = [futures[p] if p in futures else values[p] for p in node.parents]
-            args, kwargs = resolve_args(node, slots)
-            save = storage if storage is not None and node.kind != "object" and node.name not in stored else None
-            options = {"name": node.name, **inherited, **node_attrs.get("task_args", {})}
+            options = {"name": node.name, **inherited, **self.attrs(node).get("task_args", {})}
             # No cache key unless asked for: hashing every input costs time. Prefect writes a persisted
             # result under its cache key, so persist_result keeps Prefect's default policy (keyed by run).
             if "cache_policy" not in options and "cache_key_fn" not in options and not options.get("persist_result"):
                 options["cache_policy"] = NO_CACHE
-            fn = _node_task_fn(node, callables, save, name, always_read, timings)
-            if hooks.before_node is not None:
-                hooks.before_node(node=node, context=context)
-            futures[node] = prefect_task(fn, **options).submit(
-                _fingerprint(node.func, fingerprints), inputs, list(args), dict(kwargs)
+            template = call.template
+            args, kwargs = (template.args, template.kwargs) if template is not None else ((), {})
+            # A method call also waits for the previous call on its object (a parent it takes no value from).
+            wait_for = [futures[p] for p in node.parents if p in futures and p not in deps]
+            run.started(node)
+            values[node] = futures[node] = task(_task_fn(call, infos), **options).submit(
+                _fingerprint(node.func, fingerprints), [values[d] for d in deps], args, kwargs, wait_for=wait_for
             )
-        results = values
         for node, future in futures.items():
             try:
-                value = future.result()
+                values[node] = future.result()
             except Exception as exc:
-                if hooks.node_error is not None:
-                    hooks.node_error(node=node, error=exc, context=context, info=timings.get(node.name, {}))
-                raise NodeExecutionError(node.name, name, exc) from exc
-            results[node] = value
-            if hooks.after_node is not None:
-                hooks.after_node(node=node, result=value, context=context, info=timings.get(node.name, {}))
-        return self._leaf_result([results[leaf] for leaf in self.leaves])
+                failed = run.find(node_error_name(exc) or node.name) or node
+                run.fail(failed, exc, infos.get(failed.name))
+            run.finished(node, values[node], infos.get(node.name, {}))
+        return [values[leaf] for leaf in self.leaves]
