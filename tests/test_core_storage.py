@@ -128,13 +128,16 @@ def test_storage_methods(file_storage):
 
 
 def test_always_read_passes_the_stored_copy(file_storage):
+    made_here = []
+
     @workflow
     def make():
-        return [1, 2]
+        made_here.append([1, 2])
+        return made_here[-1]
 
     @workflow
     def same(x, y):
-        return x is y
+        return x is y and x is not made_here[0]  # one copy, and not the object make() returned
 
     made = make().set_name("made")
     wf = LocalWorkflow(same(made, made), workflow_name="ar")

@@ -155,11 +155,11 @@ def test_object_arrays_are_left_to_pickle(file_storage):
 
 
 def test_the_serializer_is_registered_under_its_name():
-    from functionfuse.manager import get_plugin_manager, registrations
+    from functionfuse.manager import get_plugin_manager, load_target, registrations
 
     registration = registrations(get_plugin_manager(), "ff_serializers")["daskarray"]
     assert registration.extra == "dask" and not registration.active
-    assert DaskArraySerializer.name == "daskarray"
+    assert load_target(registration, "serializer") is DaskArraySerializer
 
 
 # ---------------------------------------------------------------------------
