@@ -296,7 +296,7 @@ def test_component_whose_process_dies_is_named_without_colour_codes():
     with pytest.raises(NodeExecutionError, match="node 'Dies_Here' of workflow 'dying' failed: ") as info:
         kfp_workflow(leaf, name="dying", plugins=[OnError()]).run()
     assert info.value.node_name == "Dies_Here"
-    assert "ended without reporting a result" in str(info.value)
+    assert "component ended without reporting a result" in str(info.value)
     assert "\x1b" not in str(info.value) and "\x1b" not in str(info.value.__cause__)
     assert [name for name, _ in errors] == ["Dies_Here"] and "\x1b" not in errors[0][1]
 

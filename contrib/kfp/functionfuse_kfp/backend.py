@@ -309,7 +309,8 @@ class KFPWorkflow(Workflow):
         cause = RuntimeError(message)
         if failed is None:
             raise NodeExecutionError("?", self.workflow_name, cause, f"the KFP local run failed: {message}") from cause
-        detail = f"its KFP component's process ended without reporting a result (killed, crashed, exited): {message}"
+        detail = (f"its KFP component ended without reporting a result (its process was killed, crashed or "
+                  f"exited, or could not load the node call): {message}")
         run.fail(failed, cause, {}, detail)
 
     def _submit(self) -> str:
