@@ -835,9 +835,10 @@ def _h_identity(obj: Any, ctx: _Context) -> Any:
 
 def _h_buffer(obj: Any, ctx: _Context) -> _Token:
     data = memoryview(obj)
+    head = _enc_str(type(obj).__qualname__) + _enc_str(data.format) + _enc_str(repr(data.shape))
     if not data.c_contiguous:
         data = memoryview(data.tobytes())
-    return _Token(_xxh(b"buffer|", _enc_str(type(obj).__qualname__), data.cast("B") if data.ndim else data))
+    return _Token(_xxh(b"buffer|", head, data.cast("B") if data.ndim > 1 or data.format != "B" else data))
 
 
 def _h_node(obj: Node, ctx: _Context) -> _Token:

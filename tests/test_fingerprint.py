@@ -275,10 +275,21 @@ CROSS_PROCESS = """
     from functionfuse.fingerprint import code_fingerprint, value_fingerprint
     import wf
 
+    import dataclasses, enum
+
     class Point:
         def __init__(self):
             self.tags = {"red", "green", "blue", "cyan"}
             self.xy = (1.5, -2)
+
+    @dataclasses.dataclass
+    class Settings:
+        depth: int
+        names: frozenset = frozenset({"n1", "n2", "n3"})
+
+    class Mode(enum.Enum):
+        FAST = "fast"
+        SLOW = "slow"
 
     values = [
         {"b": 1, "a": [1, 2.5, None], "c": {"z", "y", "x"}},
@@ -288,6 +299,9 @@ CROSS_PROCESS = """
         np.arange(12, dtype="float32").reshape(3, 4),
         np.array(["a", "bb"], dtype=object),
         Point(),
+        Settings(3),
+        [Mode.FAST, Mode.SLOW],
+        code_fingerprint(Settings),
     ]
     print(json.dumps({
         "code": code_fingerprint(wf.scale),
