@@ -18,9 +18,16 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from . import graph
 from .context import RunContext
-from .errors import DuplicateNameError, NodeExecutionError, PluginError, SerializationError, StorageError
+from .errors import (
+    DuplicateNameError,
+    NodeExecutionError,
+    NodeTimeoutError,
+    PluginError,
+    SerializationError,
+    StorageError,
+)
 from .frontend import Node, validate_name
-from .nodecall import CALL, METHOD, OBJECT, READ, NodeCall, WorkerHooks, make_template, prepare_callables
+from .nodecall import CALL, METHOD, OBJECT, READ, NodeCall, RetryPolicy, WorkerHooks, make_template, prepare_callables
 from .query import Query
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -281,6 +288,7 @@ class Run:
         self.prepares_every_node = self._prepare is not None
         self.plan: ResumePlan | None = None
         self.error: BaseException | None = None
+        self._policy_calls: dict = {}  # node -> its NodeCall, for nodes with retries or a time limit
         execute = host.live("ff_execute_node") is not None
         save = host.live("ff_storage_save") is not None
         read = host.live("ff_storage_read") is not None
@@ -391,6 +399,13 @@ class Run:
         mode = CALL if kind == CALL else METHOD if kind == METHOD else OBJECT
         call = NodeCall(node.name, workflow.workflow_name, mode, func, template, callables, save,
                         save is not None and self.plan.always_read, self.worker_hooks, node)
+        attrs = workflow.node_attrs.get(node) if workflow.node_attrs else None
+        if attrs is not None:
+            retries = attrs.get("retries")
+            call.retries = None if retries is None else RetryPolicy.of(retries)
+            call.timeout = attrs.get("timeout")
+            if call.retries is not None or call.timeout is not None:
+                self._policy_calls[node] = call  # in-process backends: finished() reads call.attempts
         return call, deps
 
     # -- reporting --------------------------------------------------------------------
@@ -400,7 +415,15 @@ class Run:
             self.plugins.call("ff_before_node", node, node=node, context=self.context)
 
     def finished(self, node: Node, value: Any, info: dict) -> None:
-        """A node was computed (``ff_after_node``); ``info`` has ``start``, ``duration``, ``worker``, ``host``."""
+        """A node was computed (``ff_after_node``); ``info`` has ``start``, ``duration``, ``worker``, ``host``.
+
+        For a node with retries or a time limit it also has ``attempts`` (the backend's, or, for a
+        call run in this process, the call's own count).
+        """
+        if self._policy_calls and "attempts" not in info:
+            call = self._policy_calls.pop(node, None)
+            if call is not None and call.attempts is not None:
+                info["attempts"] = call.attempts
         if self.after_node is not None:
             self.plugins.call("ff_after_node", node, node=node, result=value, context=self.context, info=info)
 
@@ -409,8 +432,11 @@ class Run:
 
         Raise what it returns ``from exc``. A failing ``ff_node_error`` is attached, never a replacement.
         """
-        if isinstance(exc, (StorageError, SerializationError)) and not detail:
-            error: BaseException = exc  # the storage names the node and itself already
+        attempts = getattr(exc, "_ff_attempts", None)
+        if attempts is not None:
+            info = {**(info or {}), "attempts": attempts}
+        if isinstance(exc, (StorageError, SerializationError, NodeTimeoutError)) and not detail:
+            error: BaseException = exc  # it names the node already (and the storage, the time limit)
         else:
             error = NodeExecutionError(node.name, self.workflow.workflow_name, exc, detail)
             error.__cause__ = exc

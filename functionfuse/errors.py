@@ -35,10 +35,38 @@ class NodeExecutionError(FunctionFuseError):
         self.node_name = node_name
         self.workflow_name = workflow_name
         what = detail or (f"{type(cause).__name__}: {cause}" if cause is not None else "failed")
+        attempts = getattr(cause, "_ff_attempts", None)  # set by run_node_call when a retry policy ran out
+        if attempts is not None and f"after {attempts} attempt" not in what:
+            what += f" (after {attempts} attempt{'s' if attempts != 1 else ''})"
         super().__init__(f"node {node_name!r} of workflow {workflow_name!r} failed: {what}")
 
     def __reduce__(self):  # keep the error picklable across process boundaries (Ray)
         return (type(self), (self.node_name, self.workflow_name, None, self.args[0].split(" failed: ", 1)[-1]))
+
+
+class NodeTimeoutError(NodeExecutionError, TimeoutError):
+    """A node call did not return within its time limit (``query(...).set_timeout(seconds)``).
+
+    The limit is per attempt; with a retry policy that lists it (``Exception`` does), a timed-out
+    attempt is tried again. A Python thread cannot be killed: the abandoned call keeps running
+    in the background of its process until it returns.
+
+    :ivar seconds: the time limit.
+    :ivar attempt: which attempt timed out (1 for the first).
+    """
+
+    def __init__(self, node_name: str, workflow_name: str, seconds: float, attempt: int = 1):
+        self.seconds = seconds
+        self.attempt = attempt
+        after = f" (after {attempt} attempts)" if attempt > 1 else ""
+        super().__init__(
+            node_name, workflow_name, None,
+            f"no result within its time limit of {seconds:g} s (set_timeout){after}; "
+            "the call was abandoned, not killed",
+        )
+
+    def __reduce__(self):  # picklable across processes; keeps the node tag run_node_call sets
+        return (type(self), (self.node_name, self.workflow_name, self.seconds, self.attempt), dict(self.__dict__))
 
 
 class SerializationError(FunctionFuseError):

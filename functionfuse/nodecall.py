@@ -27,8 +27,11 @@ results dict and keeps the node's own arguments as the template.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import math
 import os
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -43,6 +46,7 @@ __all__ = [
     "METHOD",
     "READ",
     "NodeCall",
+    "RetryPolicy",
     "Template",
     "WorkerContext",
     "WorkerHooks",
@@ -207,14 +211,22 @@ class NodeCall:
     :ivar hooks: the :class:`WorkerHooks` of the run, or ``None`` (only built-ins).
     :ivar node: the :class:`~functionfuse.frontend.Node` in the driver's process (not pickled).
     :ivar fingerprint: the node call's fingerprint, stored with the result, or ``None``.
+    :ivar retries: the node's :class:`RetryPolicy` (``query(...).set_retries``), or ``None``.
+    :ivar timeout: the node's time limit per attempt in seconds (``query(...).set_timeout``), or ``None``.
+    :ivar attempts: how many attempts the last :func:`run_node_call` of this object took, when it
+        had a retry policy or a time limit (``None`` otherwise; not pickled).
     """
 
     __slots__ = ("name", "workflow_name", "mode", "func", "template", "callables", "storage", "always_read",
-                 "hooks", "node", "fingerprint")
+                 "hooks", "node", "fingerprint", "retries", "timeout", "attempts")
 
     def __init__(self, name: str, workflow_name: str, mode: str, func: Any, template: Any, callables: Any = (),
                  storage: Any = None, always_read: bool = False, hooks: WorkerHooks | None = None,
-                 node: Any = None, fingerprint: str | None = None):
+                 node: Any = None, fingerprint: str | None = None, retries: RetryPolicy | None = None,
+                 timeout: float | None = None):
+        self.retries = retries
+        self.timeout = timeout
+        self.attempts: int | None = None
         self.name = name
         self.workflow_name = workflow_name
         self.mode = mode
@@ -234,15 +246,95 @@ class NodeCall:
 
     def __getstate__(self) -> tuple:
         return (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
-                self.always_read, self.hooks, self.fingerprint)
+                self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout)
 
     def __setstate__(self, state: tuple) -> None:
         (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
-         self.always_read, self.hooks, self.fingerprint) = state
+         self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout) = state
         self.node = None
+        self.attempts = None
 
     def __repr__(self) -> str:
         return f"<NodeCall {self.mode} {self.name!r} of {self.workflow_name!r}>"
+
+
+class RetryPolicy:
+    """How a node call is tried again when it raises (``query(pattern).set_retries(...)``).
+
+    Attempt ``k + 1`` (after ``k`` failures) waits ``delay * backoff ** (k - 1)`` seconds first.
+    Only the call is retried (node plugins' callables and the function), never the save.
+
+    :param retries: how many times to try again after the first attempt (``0``: never).
+    :param delay: seconds to wait before the first retry.
+    :param backoff: factor the wait grows by per retry.
+    :param on: the exception class, or tuple of classes, that are retried; others fail at once.
+
+    >>> RetryPolicy(3, delay=1.0, backoff=2.0).pauses()  # before attempts 2, 3, 4
+    [1.0, 2.0, 4.0]
+    """
+
+    __slots__ = ("retries", "delay", "backoff", "on")
+
+    def __init__(self, retries: int, delay: float = 0.0, backoff: float = 1.0,
+                 on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,)):
+        from .errors import InvalidOptionError
+
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidOptionError(f"set_retries: retries must be an int >= 0, got {retries!r:.60}")
+        for option, number in (("delay", delay), ("backoff", backoff)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) \
+                    or number < 0:
+                raise InvalidOptionError(f"set_retries: {option} must be a finite number >= 0, got {number!r:.60}")
+        if isinstance(on, type):
+            on = (on,)
+        if not isinstance(on, tuple) or not on or not all(isinstance(c, type) and issubclass(c, BaseException)
+                                                           for c in on):
+            raise InvalidOptionError(
+                f"set_retries: on must be an exception class or a tuple of them, got {on!r:.80}"
+            )
+        self.retries = retries
+        self.delay = float(delay)
+        self.backoff = float(backoff)
+        self.on = on
+
+    @classmethod
+    def of(cls, value: Any) -> RetryPolicy:
+        """``value`` as a policy: a :class:`RetryPolicy` as it is, an int as ``RetryPolicy(value)``."""
+        return value if isinstance(value, RetryPolicy) else cls(value)
+
+    def pause(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed attempts, before the next one."""
+        return self.delay * self.backoff ** (failures - 1)
+
+    def pauses(self) -> list[float]:
+        """Every wait, in order."""
+        return [self.pause(k) for k in range(1, self.retries + 1)]
+
+    def __getstate__(self) -> tuple:
+        return (self.retries, self.delay, self.backoff, self.on)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.retries, self.delay, self.backoff, self.on = state
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RetryPolicy) and self.__getstate__() == other.__getstate__()
+
+    def __hash__(self) -> int:
+        return hash(self.__getstate__())
+
+    def __repr__(self) -> str:
+        on = ", ".join(c.__name__ for c in self.on)
+        return f"RetryPolicy({self.retries}, delay={self.delay:g}, backoff={self.backoff:g}, on=({on},))"
+
+
+def check_timeout(seconds: Any) -> float:
+    """``seconds`` as a time limit, or :class:`~functionfuse.errors.InvalidOptionError`."""
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) \
+            or seconds <= 0:
+        from .errors import InvalidOptionError
+
+        raise InvalidOptionError(f"set_timeout: seconds must be a finite number > 0, got {seconds!r:.60}")
+    return float(seconds)
 
 
 # ---------------------------------------------------------------------------
@@ -302,13 +394,16 @@ def run_node_call(call: NodeCall, values: Any, func: Any = None) -> tuple[Any, f
             args, kwargs = values, None
         else:
             args, kwargs = resolve_args(template, values)
-        for prepare in call.callables:
-            prepare()
-        hooks = call.hooks
-        if hooks is not None and hooks.execute:
-            value = hooks.host().execute_node(call.node or call, func, tuple(args), kwargs or {}, hooks.context)
+        if call.retries is None and call.timeout is None:
+            for prepare in call.callables:
+                prepare()
+            hooks = call.hooks
+            if hooks is not None and hooks.execute:
+                value = hooks.host().execute_node(call.node or call, func, tuple(args), kwargs or {}, hooks.context)
+            else:
+                value = func(*args, **kwargs) if kwargs else func(*args)
         else:
-            value = func(*args, **kwargs) if kwargs else func(*args)
+            value = _call_with_policy(call, func, args, kwargs)
         duration = time.perf_counter() - began
         if call.storage is not None:
             _save(call, value)
@@ -318,6 +413,73 @@ def run_node_call(call: NodeCall, values: Any, func: Any = None) -> tuple[Any, f
         _tag(exc, call.name)
         raise
     return value, start, duration
+
+
+def _invoke(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:
+    """One attempt: the node plugins' callables, then the function (as the fast path of run_node_call)."""
+    for prepare in call.callables:
+        prepare()
+    hooks = call.hooks
+    if hooks is not None and hooks.execute:
+        return hooks.host().execute_node(call.node or call, func, tuple(args), kwargs or {}, hooks.context)
+    return func(*args, **kwargs) if kwargs else func(*args)
+
+
+def _invoke_within(call: NodeCall, func: Any, args: Any, kwargs: Any, limit: float, attempt: int) -> Any:
+    """One attempt in a daemon thread, waited for at most ``limit`` seconds.
+
+    A thread cannot be killed: past the limit the call is abandoned (it runs on in the background
+    of this process, and its result is dropped) and :class:`NodeTimeoutError` names the node.
+    """
+    outcome: list = []
+
+    def attempt_once() -> None:
+        try:
+            outcome.append((True, _invoke(call, func, args, kwargs)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append((False, exc))
+
+    context = contextvars.copy_context()
+    thread = threading.Thread(target=context.run, args=(attempt_once,), daemon=True,
+                              name=f"functionfuse node {call.name}")
+    thread.start()
+    thread.join(limit)
+    if not outcome:
+        from .errors import NodeTimeoutError
+
+        raise NodeTimeoutError(call.name, call.workflow_name, limit, attempt)
+    ok, result = outcome[0]
+    if ok:
+        return result
+    raise result
+
+
+def _call_with_policy(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:
+    """The call with its retry policy and time limit; ``call.attempts`` says how many attempts it took."""
+    policy = call.retries
+    limit = call.timeout
+    last = 1 + policy.retries if policy is not None else 1
+    attempt = 1
+    while True:
+        try:
+            if limit is None:
+                value = _invoke(call, func, args, kwargs)
+            else:
+                value = _invoke_within(call, func, args, kwargs, limit, attempt)
+        except BaseException as exc:
+            if policy is None or attempt >= last or not isinstance(exc, policy.on):
+                call.attempts = attempt
+                if policy is not None:
+                    with contextlib.suppress(Exception):  # read by NodeExecutionError's message
+                        exc._ff_attempts = attempt  # type: ignore[attr-defined]
+                raise
+            pause = policy.pause(attempt)
+            if pause > 0:
+                time.sleep(pause)
+            attempt += 1
+            continue
+        call.attempts = attempt
+        return value
 
 
 _location: tuple | None = None

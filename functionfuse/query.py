@@ -60,6 +60,35 @@ class Query:
         """Task options of an addon backend (for Prefect: any ``prefect.task`` option)."""
         return self.set("task_args", task_args)
 
+    def set_retries(self, retries: int, delay: float = 0.0, backoff: float = 1.0,
+                    on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,)) -> Query:
+        """Try a failing node again, on every backend: up to ``retries`` more attempts.
+
+        Before attempt ``k + 1`` the node waits ``delay * backoff ** (k - 1)`` seconds. Only
+        exceptions that are instances of ``on`` are retried; a node that runs out of attempts
+        fails with its last error, the attempt count in the message. Only the call is retried,
+        never the save. See docs/concepts.md, "Retries and timeouts".
+
+        >>> wf.query("^fetch_.*$").set_retries(3, delay=1.0, backoff=2.0, on=(OSError,))  # doctest: +SKIP
+        """
+        from .nodecall import RetryPolicy
+
+        return self.set("retries", RetryPolicy(retries, delay, backoff, on))
+
+    def set_timeout(self, seconds: float) -> Query:
+        """Fail a node whose call has not returned after ``seconds`` (per attempt), on every backend.
+
+        The run gets :class:`~functionfuse.errors.NodeTimeoutError` naming the node within the
+        limit plus about a second; the abandoned call cannot be killed and runs on in its
+        worker's background. With :meth:`set_retries`, a timed-out attempt is retried when
+        ``on`` covers ``NodeTimeoutError`` (``Exception`` does).
+
+        >>> wf.query("^train$").set_timeout(600)  # doctest: +SKIP
+        """
+        from .nodecall import check_timeout
+
+        return self.set("timeout", check_timeout(seconds))
+
     def __getattr__(self, attr: str):
         # set_<anything> reaches plugins that accept keys of their own.
         if attr.startswith("set_"):

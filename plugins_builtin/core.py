@@ -40,6 +40,15 @@ def ff_select_serializer(obj: Any, storage: Any) -> Any:
 
 
 @hookimpl
-def ff_query_assign(key: str, backend: Any) -> bool:
+def ff_query_assign(key: str, value: Any, backend: Any) -> bool:
+    if key == "retries" or key == "timeout":
+        # Every backend runs nodes through run_node_call, which applies both: accepted everywhere.
+        from functionfuse.nodecall import RetryPolicy, check_timeout
+
+        if key == "retries":
+            RetryPolicy.of(value)
+        else:
+            check_timeout(value)
+        return True
     # Keys a backend declares itself; values are validated by the plugin owning the key.
     return key in getattr(backend, "query_keys", ())

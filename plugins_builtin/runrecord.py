@@ -75,6 +75,7 @@ def ff_before_run(context: Any) -> None:
             "worker": None,
             "host": None,
             "error": None,
+            "attempts": None,  # set for nodes with retries or a time limit (query(...).set_retries)
         }
     context.state[_STATE_KEY] = {
         "version": FORMAT_VERSION,
