@@ -243,6 +243,7 @@ def test_seed_page_ray_workflow(tmp_path):
     def set_seed(seed):
         random.seed(seed)
         seeds.append(seed)  # in the worker: a copy of the list, the driver's stays empty
+        (tmp_path / f"seed-{os.getpid()}").write_text(str(seed))  # what the worker ran, for the driver to see
 
     random_state_plugin = RandomStatePlugin(
         min=-0x8000_0000_0000_0000, max=0xFFFF_FFFF_FFFF_FFFF, seed=-0x8000_0000_0000_0000, seed_func=set_seed
@@ -252,7 +253,9 @@ def test_seed_page_ray_workflow(tmp_path):
     ray_workflow.query("^.*node1.*$").set_plugins(initializer_plugin)
     ray_workflow.query("^.*node2.*$").set_plugins(plugin_collection)
     assert ray_workflow.run() == 3
-    assert seeds == []  # the seed function ran in a worker, not in the driver
+    assert seeds == []  # the seed function ran in a worker, not in the driver ...
+    ran = {p.name: p.read_text() for p in tmp_path.glob("seed-*")}  # ... and it did run there, with min + 1
+    assert list(ran.values()) == [str(-0x8000_0000_0000_0000 + 1)] and f"seed-{os.getpid()}" not in ran
 
     # Storage
     ray_storage_remote_args = {"resources": {"_disk": 0.001}}
@@ -436,14 +439,17 @@ def test_driver_hooks_fire_as_results_arrive():
     recorder = Recorder()
     leaves = mixed_graph()
     wf = RayWorkflow(*leaves, workflow_name="hooks", plugins=[recorder])
+    began = time.time()
     wf.run()
+    elapsed = time.time() - began
     names = [n.name for n in wf.nodes]
     assert recorder.events[0] == ("before_run", "ray")
     assert recorder.events[-1] == ("after_run", None)
     assert recorder.names("before") == names  # at submission, in run order
     assert sorted(recorder.names("after")) == sorted(names)
     info = recorder.infos["total"]
-    assert info["worker"] != f"pid {os.getpid()}" and info["duration"] >= 0 and info["node_id"]
+    assert info["worker"] != f"pid {os.getpid()}" and 0 <= info["duration"] <= elapsed and info["node_id"]
+    assert began <= info["start"] <= began + elapsed
 
 
 def test_remote_args_reach_ray(tmp_path):
