@@ -1202,7 +1202,8 @@ def _args_digest(node: Node, fps: dict, ctx: _Context, excluded: tuple | None) -
 
 
 def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook: Callable | None = None, *,
-                      exclude: dict | None = None, include_package_versions: bool = False) -> dict[Node, str]:
+                      exclude: dict | None = None, include_package_versions: bool = False,
+                      details: dict | None = None) -> dict[Node, str]:
     """The fingerprint of every node of a run order (parents before children), without recursion.
 
     Each is ``call_fingerprint(code_fingerprint(node.func),
@@ -1214,6 +1215,8 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
     :param versions: node -> manual version (``set_version``), for what code cannot see.
     :param hook: the ``ff_fingerprint`` hook caller, called as ``hook(obj=value)``.
     :param exclude: node -> argument names to leave out of its fingerprint.
+    :param details: when given, filled with node -> ``(code_fp, args_fp)``, the parts to store
+        beside the fingerprint so a later mismatch can say what changed.
     :raises UnfingerprintableError: naming the node and the argument.
 
     >>> from functionfuse import workflow
@@ -1247,6 +1250,8 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
         try:
             args_fp = _args_digest(node, fps, ctx, _excluded(node, names) if names else None)
             fps[node] = call_fingerprint(code_fp, args_fp, [fps[p] for p in node.parents], versions.get(node))
+            if details is not None:
+                details[node] = (code_fp, args_fp)
         except KeyError as missing:
             raise ValueError(
                 f"fingerprint_nodes: a parent of node {node.name!r} ({missing.args[0]!r}) comes after it "

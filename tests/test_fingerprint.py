@@ -544,12 +544,14 @@ class Tally:
 def test_a_node_fingerprint_is_the_merkle_combination_of_code_arguments_and_parents():
     one = add(1, 2)
     two = add(one, [one, {"k": one}])
-    fps = fingerprint_nodes([one, two])
+    details = {}
+    fps = fingerprint_nodes([one, two], details=details)
     for node in (one, two):
         expected = call_fingerprint(
             code_fingerprint(node.func), args_fingerprint(node, fps), [fps[p] for p in node.parents]
         )
         assert fps[node] == expected
+        assert details[node] == (code_fingerprint(node.func), args_fingerprint(node, fps))
 
 
 def test_inserting_a_node_keeps_the_fingerprints_of_the_others():
