@@ -149,3 +149,7 @@ class UnfingerprintableError(FunctionFuseError, TypeError):
 
     def __reduce__(self):
         return (type(self), (self.reason, self.node_name, self.argument, self.type_name))
+
+
+class MissingClassError(SerializationError):
+    """A stored result holds an object whose class (or module) cannot be imported by the reader."""

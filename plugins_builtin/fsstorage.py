@@ -2,13 +2,22 @@
 
 Layout under the storage root::
 
-    <workflow>/<task>.ffr        one result: header (magic, length, CRC32) + pickle
-    <workflow>/<task>.ffd/<n>    objects a serializer wrote for that result (zarr, ...)
-    <workflow>/.ffmeta/<key>     workflow metadata (run records)
+    <workflow>/<task>.ffr              one result: header (magic, length, CRC32, data id) + pickle
+    <workflow>/<task>.ffd/<id>/<n>     objects a serializer wrote for that result (zarr, ...)
+    <workflow>/.ffmeta/<key>           workflow metadata (run records)
 
 A result is written whole or not at all: locally to a temporary file that is
 then renamed, on object stores with one atomic put. The result file is
-written last, so it is the commit mark of its serializer data too.
+written last, so it is the commit mark of its serializer data too: a re-save
+writes its data under a new ``<id>`` beside the committed one, and the header
+of the result file names the id it uses, so the switch is the rename (or put)
+of the result file. A failed save leaves the previous result readable.
+
+Temporaries and data folders carry their writer's ``<pid>@<host>``; the next
+run removes those of writers that are no longer alive (on this host), never
+a live writer's.
+
+Names are literal paths everywhere; only arguments called ``pattern`` are globs.
 """
 
 from __future__ import annotations
@@ -17,7 +26,10 @@ import functools
 import io
 import os
 import pickle
+import shutil
+import socket
 import struct
+import threading
 import uuid
 import zlib
 from collections.abc import Callable
@@ -29,20 +41,76 @@ from fsspec.implementations.local import LocalFileSystem
 from functionfuse.errors import (
     CorruptResultError,
     FunctionFuseError,
+    InvalidOptionError,
+    MissingClassError,
     SerializationError,
     StorageError,
     TaskNotFoundError,
 )
 from functionfuse.markers import hookimpl
-from functionfuse.storage import Storage
+from functionfuse.storage import Storage, check_option_keys, check_path_option
 
-__all__ = ["FileStorage", "file_storage", "s3_storage"]
+__all__ = ["FileStorage", "file_storage", "s3_storage", "DEFAULT_TIMEOUT"]
 
-MAGIC = b"FFR1"
-_HEADER = struct.Struct("<4sQI")  # magic, payload length, CRC32 of payload
+MAGIC_V1 = b"FFR1"  # header without a data id: data lives in <task>.ffd/<n> (read only)
+MAGIC = b"FFR2"
+_HEADER_V1 = struct.Struct("<4sQI")  # magic, payload length, CRC32 of payload
+_HEADER = struct.Struct("<4sQIH")  # magic, payload length, CRC32 of data id + payload, length of data id
+_MAX_ID = 255
 RESULT_SUFFIX = ".ffr"
 DATA_SUFFIX = ".ffd"
 META_DIR = ".ffmeta"
+#: fingerprint markers: an empty ``<task>@<fingerprint>`` per stored result, so one listing gives them all
+FINGERPRINT_DIR = ".fffp"
+TMP_PREFIX = ".ff-tmp-"
+#: seconds any one call to a remote storage may take in total (retries included)
+DEFAULT_TIMEOUT = 30.0
+
+_HOST = socket.gethostname().replace("/", "_").replace("@", "_") or "localhost"
+_MAGIC_CHARS = frozenset("*?[")
+# Data folders of saves running in this process: never removed as stale.
+_in_progress: set[str] = set()
+_in_progress_lock = threading.Lock()
+
+
+def writer_tag() -> str:
+    """``<pid>@<host>-<random>``: a unique name that says which process wrote it."""
+    return f"{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:16]}"
+
+
+def writer_alive(name: str) -> bool:
+    """Whether the writer named in a temporary's name may still be writing it.
+
+    Names from another host, or not in the ``writer_tag`` form, count as alive:
+    only a process known to be gone on this host makes its files stale.
+    """
+    if name.startswith(TMP_PREFIX):
+        name = name[len(TMP_PREFIX):]
+    pid_text, at, rest = name.partition("@")
+    host, dash, _ = rest.rpartition("-")
+    if not at or not dash or not pid_text.isdigit() or host != _HOST:
+        return True
+    pid = int(pid_text)
+    if pid == os.getpid():
+        with _in_progress_lock:
+            return name in _in_progress
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    try:  # a killed child not yet reaped is a zombie: it writes nothing any more
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return True
+
+
+def _timeout_text(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError) or type(exc).__name__ in ("ReadTimeoutError", "ConnectTimeoutError"):
+        return f"timed out ({type(exc).__name__}: {exc})".replace(": )", ")")
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _reported(method: Callable) -> Callable:
@@ -55,7 +123,9 @@ def _reported(method: Callable) -> Callable:
         except FunctionFuseError:
             raise
         except Exception as exc:
-            raise StorageError(f"{self.describe()}: {method.__name__} failed: {type(exc).__name__}: {exc}") from exc
+            workflow = args[0] if args and isinstance(args[0], str) else kwargs.get("workflow_name")
+            what = f" (workflow {workflow!r})" if workflow is not None else ""
+            raise StorageError(f"{self.describe()}: {method.__name__}{what} failed: {_timeout_text(exc)}") from exc
 
     return reporting
 
@@ -66,11 +136,14 @@ class FileStorage(Storage):
     :param path: the root folder, or an fsspec URL (``memory://x``, ``s3://bucket/prefix``).
     :param fs: an fsspec filesystem to use instead of the one the URL names.
     :param storage_options: keyword arguments for the filesystem the URL names.
+    :param timeout: seconds one call to an asynchronous (network) filesystem may take
+        in total, retries included, before it fails with a :class:`StorageError`.
     """
 
     kind = "file"
 
-    def __init__(self, path: str, fs: Any = None, storage_options: dict | None = None, kind: str = "file"):
+    def __init__(self, path: str, fs: Any = None, storage_options: dict | None = None, kind: str = "file",
+                 timeout: float | None = DEFAULT_TIMEOUT):
         super().__init__()
         if fs is None:
             fs, path = fsspec.core.url_to_fs(str(path), **(storage_options or {}))
@@ -81,6 +154,9 @@ class FileStorage(Storage):
         self.object_store = bool(protocols & _OBJECT_STORES)
         root = fs._strip_protocol(path) if not self.local else os.path.abspath(path)
         self.root = root.rstrip("/") or "/"
+        self.timeout = timeout
+        # fsspec's sync() takes timeout=: it cancels the call (and its retries) when time is up
+        self._deadline = {"timeout": timeout} if timeout and getattr(fs, "async_impl", False) else {}
         self._made: set[str] = set()
         self._used_serializers: dict = {}
 
@@ -105,7 +181,17 @@ class FileStorage(Storage):
         return f"{self.root}/{workflow_name}/{task_name}{RESULT_SUFFIX}"
 
     def _data_dir(self, workflow_name: str, task_name: str) -> str:
+        """The folder holding every saved version of a node's serializer data."""
         return f"{self.root}/{workflow_name}/{task_name}{DATA_SUFFIX}"
+
+    def data_path(self, workflow_name: str, task_name: str) -> str | None:
+        """The folder of the serializer data the committed result of ``task_name`` uses, or ``None``."""
+        self.check_names(workflow_name, task_name)
+        data_id = self._committed_data_id(workflow_name, task_name)
+        if data_id is None:
+            return None
+        base = self._data_dir(workflow_name, task_name)
+        return base if data_id == "" else f"{base}/{data_id}"
 
     def _ensure_dir(self, folder: str) -> None:
         if folder in self._made:
@@ -122,13 +208,23 @@ class FileStorage(Storage):
             raise StorageError(f"{self.describe()}: cannot create {folder!r}: {exc}") from exc
         self._made.add(folder)
 
-    # -- bytes ---------------------------------------------------------------
+    def _forget_dirs(self, folder: str) -> None:
+        """Forget that ``folder`` (and what is under it) exists: it was removed, or may have been."""
+        self._made = {made for made in self._made if made != folder and not made.startswith(folder + "/")}
+
+    # -- bytes: every call here takes paths literally ---------------------------------
     def _write_atomic(self, path: str, header: bytes, payload: bytes | memoryview) -> None:
         if self.local:
             folder = os.path.dirname(path)
-            tmp = os.path.join(folder, f".ff-tmp-{uuid.uuid4().hex}")
+            tmp = os.path.join(folder, f"{TMP_PREFIX}{writer_tag()}")
             try:
-                with open(tmp, "wb") as handle:
+                try:
+                    handle = open(tmp, "wb")
+                except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
+                    self._forget_dirs(folder)
+                    self._ensure_dir(folder)
+                    handle = open(tmp, "wb")
+                with handle:
                     handle.write(header)
                     handle.write(payload)
                 os.replace(tmp, path)
@@ -140,24 +236,110 @@ class FileStorage(Storage):
                 raise
         else:
             # One put: object stores make it visible whole or not at all.
-            self.fs.pipe_file(path, header + bytes(payload))
+            data = header + bytes(payload)
+            try:
+                self.fs.pipe_file(path, data, **self._deadline)
+            except FileNotFoundError:
+                if self.object_store:
+                    raise
+                folder = path.rsplit("/", 1)[0]
+                self._forget_dirs(folder)
+                self._ensure_dir(folder)
+                self.fs.pipe_file(path, data, **self._deadline)
 
-    def _read_bytes(self, path: str) -> bytes:
+    def _read_bytes(self, path: str, end: int | None = None) -> bytes:
         if self.local:
             with open(path, "rb") as handle:
-                return handle.read()
-        return self.fs.cat_file(path)
+                return handle.read() if end is None else handle.read(end)
+        if end is None:
+            return self.fs.cat_file(path, **self._deadline)
+        return self.fs.cat_file(path, start=0, end=end, **self._deadline)
+
+    def _exists(self, path: str) -> bool:
+        if self.local:
+            return os.path.exists(path)
+        try:  # not fs.exists: it turns a time-out into "missing"
+            self.fs.info(path, **self._deadline)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _remove_file(self, path: str) -> None:
+        try:
+            if self.local:
+                os.unlink(path)
+            else:
+                self.fs.rm_file(path, **self._deadline)
+        except FileNotFoundError:
+            pass
+
+    def _remove_tree(self, folder: str) -> None:
+        """Remove ``folder`` and everything under it, taking the path literally (no glob)."""
+        self._forget_dirs(folder)
+        if self.local:
+            if os.path.isdir(folder):
+                shutil.rmtree(folder)
+            return
+        if not _MAGIC_CHARS & set(folder):  # fsspec's rm expands globs: safe only without their characters
+            try:
+                self.fs.rm(folder, recursive=True, **self._deadline)
+            except FileNotFoundError:
+                pass
+            return
+        try:
+            entries = self.fs.find(folder, withdirs=True, detail=True, **self._deadline)
+        except FileNotFoundError:
+            return
+        for path in sorted(entries, key=len, reverse=True):  # files before the folders holding them
+            if entries[path].get("type") == "directory":
+                if not self.object_store:
+                    try:
+                        self.fs.rmdir(path)
+                    except (FileNotFoundError, OSError):
+                        pass
+            else:
+                self._remove_file(path)
+        if not self.object_store:
+            try:
+                self.fs.rmdir(folder)
+            except (FileNotFoundError, OSError):
+                pass
+
+    def _listdir(self, folder: str) -> list[str]:
+        try:
+            if self.local:
+                return os.listdir(folder)
+            return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(folder, detail=False, **self._deadline)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
 
     # -- serialisation -------------------------------------------------------
-    def _dumps(self, obj: Any, workflow_name: str, task_name: str) -> bytes:
+    def _dumps(self, obj: Any, workflow_name: str, task_name: str, data_dir: str) -> tuple[memoryview | bytes, bool]:
+        """The pickle of ``obj`` and whether a serializer wrote data under ``data_dir``."""
         selector_in_use = getattr(self, "_selector", None) is not None
         if not self.serializers and not selector_in_use:
-            return pickle.dumps(obj, protocol=5)
-        data_dir = self._data_dir(workflow_name, task_name)
+            try:
+                return pickle.dumps(obj, protocol=5), False
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                return _pickle_by_value(obj, exc), False
+        try:
+            return self._dumps_with(pickle.Pickler, obj, workflow_name, task_name, data_dir)
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            cloudpickle = _cloudpickle_for(exc)
+            self._discard_quietly(data_dir)  # the serializers' part of the failed attempt
+            try:
+                return self._dumps_with(cloudpickle.Pickler, obj, workflow_name, task_name, data_dir)
+            except SerializationError:
+                raise
+            except Exception:
+                raise exc from None
+
+    def _dumps_with(self, pickler: type, obj: Any, workflow_name: str, task_name: str,
+                    data_dir: str) -> tuple[memoryview, bool]:
         written: list[int] = []
         storage = self
 
-        class _Pickler(pickle.Pickler):
+        class _Pickler(pickler):  # type: ignore[valid-type, misc]
             def persistent_id(self, item: Any) -> Any:
                 if item.__class__ in _PLAIN:
                     return None
@@ -168,7 +350,6 @@ class FileStorage(Storage):
                 written.append(number)
                 storage._used_serializers[serializer.name] = serializer  # so this storage can read it back
                 if number == 0:
-                    storage._remove_data(data_dir)  # leftovers of an earlier save of this node
                     storage._ensure_dir(data_dir)
                 try:
                     token = serializer.write(item, storage.fs, f"{data_dir}/{number}")
@@ -180,16 +361,20 @@ class FileStorage(Storage):
                 return (serializer.name, number, token)
 
         buffer = io.BytesIO()
-        try:
-            _Pickler(buffer, protocol=5).dump(obj)
-        except BaseException:
-            if written:
-                self._remove_data(data_dir)
-            raise
-        return buffer.getbuffer()
+        _Pickler(buffer, protocol=5).dump(obj)
+        return buffer.getbuffer(), bool(written)
 
-    def _loads(self, payload: bytes, workflow_name: str, task_name: str) -> Any:
-        return _ResultUnpickler(io.BytesIO(payload), self, workflow_name, task_name).load()
+
+    def _loads(self, payload: bytes, workflow_name: str, task_name: str, data_dir: str) -> Any:
+        try:
+            return _ResultUnpickler(io.BytesIO(payload), self, workflow_name, task_name, data_dir).load()
+        except FunctionFuseError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"{self.describe()}: the result of node {task_name!r} (workflow {workflow_name!r}) "
+                f"cannot be unpickled: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def _serializer_named(self, name: str, task_name: str) -> Any:
         for serializer in self.serializers:
@@ -197,9 +382,9 @@ class FileStorage(Storage):
                 return serializer
         if name in self._used_serializers:
             return self._used_serializers[name]
-        from functionfuse.manager import get_plugin_manager, load_target, registrations
+        from functionfuse.manager import get_plugins, load_target
 
-        registration = registrations(get_plugin_manager(), "ff_serializers").get(name)
+        registration = get_plugins().serializers().get(name)
         if registration is None:
             raise StorageError(
                 f"{self.describe()}: the result of node {task_name!r} was written by serializer {name!r}, "
@@ -208,33 +393,99 @@ class FileStorage(Storage):
         target = load_target(registration, "serializer")
         return target() if isinstance(target, type) else target
 
-    def _remove_data(self, data_dir: str) -> None:
-        try:
-            if self.fs.exists(data_dir):
-                self.fs.rm(data_dir, recursive=True)
-        except FileNotFoundError:
-            pass
-
     # -- the interface -------------------------------------------------------
-    def save(self, workflow_name: str, task_name: str, obj: Any) -> None:
+    #: ``save`` takes ``fingerprint=`` and ``list_fingerprints`` answers (the resume plan asks)
+    keeps_fingerprints = True
+
+    def save(self, workflow_name: str, task_name: str, obj: Any, fingerprint: str | None = None,
+             replaces: str | None = None) -> None:
+        """Save ``obj`` as the result of ``task_name``, whole or not at all.
+
+        :param fingerprint: the node call's fingerprint, kept beside the result (a marker
+            written after the result: a result without one is recomputed, never trusted).
+        :param replaces: the fingerprint stored for this name before, whose marker goes.
+        """
+        self._save(workflow_name, task_name, obj)
+        if fingerprint is not None:
+            folder = f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}"
+            self._ensure_dir(folder)
+            self._write_atomic(f"{folder}/{task_name}@{fingerprint}", b"", b"")
+            if replaces is not None and replaces != fingerprint:
+                self._remove_file(f"{folder}/{task_name}@{replaces}")
+
+    @_reported
+    def list_fingerprints(self, workflow_name: str) -> dict[str, str | None]:
+        """Every stored task -> its fingerprint, from two listings; ``None`` when it has none
+        (saved before fingerprints, or a writer died between result and marker)."""
+        names = self.list_tasks(workflow_name)
+        found: dict[str, list] = {}
+        for entry in self._listdir(f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}"):
+            name, sep, fp = entry.rpartition("@")
+            if sep and not entry.startswith(TMP_PREFIX):
+                found.setdefault(name, []).append(fp)
+        result: dict[str, str | None] = {}
+        for name in names:
+            fps = found.get(name)
+            result[name] = fps[0] if fps and len(fps) == 1 else None  # two markers: unsure, so none
+        return result
+
+    def _save(self, workflow_name: str, task_name: str, obj: Any) -> None:
         self.check_names(workflow_name, task_name)
         self._ensure_dir(self._workflow_dir(workflow_name))
+        data_id = writer_tag()
+        data_dir = f"{self._data_dir(workflow_name, task_name)}/{data_id}"
+        with _in_progress_lock:
+            _in_progress.add(data_id)
+        wrote_data = False
         try:
-            payload = self._dumps(obj, workflow_name, task_name)
-        except SerializationError:
+            try:
+                payload, wrote_data = self._dumps(obj, workflow_name, task_name, data_dir)
+            except SerializationError:
+                wrote_data = True  # maybe partly: remove below
+                raise
+            except Exception as exc:
+                wrote_data = True
+                raise SerializationError(
+                    f"the result of node {task_name!r} (workflow {workflow_name!r}) cannot be serialised: "
+                    f"{type(exc).__name__}: {exc}; nothing was written for it"
+                ) from exc
+            id_bytes = data_id.encode() if wrote_data else b""
+            header = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload, zlib.crc32(id_bytes)), len(id_bytes))
+            try:
+                self._write_atomic(self._result_path(workflow_name, task_name), header + id_bytes, payload)
+            except Exception as exc:
+                raise StorageError(
+                    f"{self.describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
+                    f"{_timeout_text(exc)}"
+                ) from exc
+        except BaseException:
+            if wrote_data:
+                self._discard_quietly(data_dir)  # only this save's own folder: the committed one stays
+                self._remove_if_empty(self._data_dir(workflow_name, task_name))
             raise
-        except Exception as exc:
-            raise SerializationError(
-                f"the result of node {task_name!r} (workflow {workflow_name!r}) cannot be serialised: "
-                f"{type(exc).__name__}: {exc}; nothing was written for it"
-            ) from exc
-        header = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload))
+        finally:
+            with _in_progress_lock:
+                _in_progress.discard(data_id)
+        if wrote_data:
+            # Committed: earlier versions of this node's data are garbage now (unless a live writer owns them).
+            self._remove_stale_data(workflow_name, task_name, keep=data_id)
+
+    def _remove_if_empty(self, folder: str) -> None:
+        if self.object_store:
+            return  # no folders there
         try:
-            self._write_atomic(self._result_path(workflow_name, task_name), header, payload)
-        except Exception as exc:
-            raise StorageError(
-                f"{self.describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: {exc}"
-            ) from exc
+            if self.local:
+                os.rmdir(folder)
+            elif not self.fs.ls(folder, detail=False):
+                self.fs.rmdir(folder)
+        except Exception:  # not empty, or gone already
+            pass
+
+    def _discard_quietly(self, folder: str) -> None:
+        try:
+            self._remove_tree(folder)
+        except Exception:  # the save's own error is what the user must see; the next run cleans up
+            pass
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
         self.check_names(workflow_name, task_name)
@@ -248,38 +499,95 @@ class FileStorage(Storage):
         except Exception as exc:
             raise StorageError(
                 f"{self.describe()}: reading node {task_name!r} of workflow {workflow_name!r} failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"{_timeout_text(exc)}"
             ) from exc
-        payload = self._verify(blob, workflow_name, task_name)
-        return self._loads(payload, workflow_name, task_name)
+        payload, data_id = self._verify(blob, workflow_name, task_name)
+        base = self._data_dir(workflow_name, task_name)
+        return self._loads(payload, workflow_name, task_name, base if not data_id else f"{base}/{data_id}")
 
-    def _verify(self, blob: bytes, workflow_name: str, task_name: str) -> memoryview:
+    def _verify(self, blob: bytes, workflow_name: str, task_name: str) -> tuple[memoryview, str]:
+        """The payload of a result file and the id of its data folder, after checking both."""
         where = f"{self.describe()}: stored result of node {task_name!r} (workflow {workflow_name!r})"
-        if len(blob) < _HEADER.size:
+        magic = bytes(blob[:4])
+        if magic == MAGIC_V1 and len(blob) >= _HEADER_V1.size:
+            _, length, crc = _HEADER_V1.unpack_from(blob)
+            id_bytes, start = b"", _HEADER_V1.size
+        elif magic == MAGIC and len(blob) >= _HEADER.size:
+            _, length, crc, id_length = _HEADER.unpack_from(blob)
+            start = _HEADER.size + id_length
+            id_bytes = bytes(blob[_HEADER.size:start])
+        elif len(blob) < _HEADER.size and magic in (MAGIC, MAGIC_V1, b"FFR2"[: len(magic)]):
             raise CorruptResultError(f"{where} is truncated ({len(blob)} bytes)")
-        magic, length, crc = _HEADER.unpack_from(blob)
-        if magic != MAGIC:
+        else:
             raise CorruptResultError(f"{where} is not a functionfuse result (bad header)")
-        payload = memoryview(blob)[_HEADER.size:]
+        payload = memoryview(blob)[start:]
         if len(payload) != length:
             raise CorruptResultError(f"{where} is truncated: {len(payload)} of {length} bytes")
-        if zlib.crc32(payload) != crc:
+        if zlib.crc32(payload, zlib.crc32(id_bytes)) != crc:
             raise CorruptResultError(f"{where} fails its checksum")
-        return payload
+        try:
+            return payload, id_bytes.decode()
+        except UnicodeDecodeError as exc:  # cannot happen after the checksum matched, but never guess a path
+            raise CorruptResultError(f"{where} has an unreadable data id") from exc
+
+    def _committed_data_id(self, workflow_name: str, task_name: str) -> str | None:
+        """The data id the committed result uses (``""``: the old layout), or ``None`` (no result, or no data)."""
+        try:
+            head = self._read_bytes(self._result_path(workflow_name, task_name), end=_HEADER.size + _MAX_ID)
+        except FileNotFoundError:
+            return None
+        magic = head[:4]
+        if magic == MAGIC_V1:
+            return ""
+        if magic != MAGIC or len(head) < _HEADER.size:
+            return None
+        id_length = _HEADER.unpack_from(head)[3]
+        return head[_HEADER.size:_HEADER.size + id_length].decode("utf-8", "replace") or None
+
+    def _remove_stale_data(self, workflow_name: str, task_name: str, keep: str | None = None) -> None:
+        """Remove data folders of ``task_name`` that no result uses and no live writer is writing."""
+        base = self._data_dir(workflow_name, task_name)
+        entries = self._listdir(base)
+        if not entries:
+            return
+        if keep is None:
+            keep = self._committed_data_id(workflow_name, task_name)
+        if keep == "":  # the committed result uses the old layout: <task>.ffd/<n>; leave all of it
+            return
+        for entry in entries:
+            if entry != keep and not entry.isdigit() and not writer_alive(entry):
+                self._discard_quietly(f"{base}/{entry}")
+        if keep is None:
+            self._remove_if_empty(base)
+
+    def remove_stale_temporaries(self, workflow_name: str) -> list[str]:
+        """Remove what writers that died mid-write left in a workflow's folder; returns what was removed.
+
+        Temporary files (``.ff-tmp-<pid>@<host>-...``) and serializer data no
+        committed result uses, whose writer process is no longer alive on this
+        host. A live writer's files, and those of other hosts, are left alone.
+        """
+        self.check_names(workflow_name)
+        removed: list[str] = []
+        folder = self._workflow_dir(workflow_name)
+        for parent in (folder, f"{folder}/{META_DIR}"):
+            for entry in self._listdir(parent):
+                if entry.startswith(TMP_PREFIX) and not writer_alive(entry):
+                    self._remove_file(f"{parent}/{entry}")
+                    removed.append(f"{parent}/{entry}")
+        for entry in self._listdir(folder):
+            if entry.endswith(DATA_SUFFIX) and not entry.startswith("."):
+                task_name = entry[: -len(DATA_SUFFIX)]
+                before = set(self._listdir(f"{folder}/{entry}"))
+                self._remove_stale_data(workflow_name, task_name)
+                after = set(self._listdir(f"{folder}/{entry}"))
+                removed.extend(f"{folder}/{entry}/{gone}" for gone in sorted(before - after))
+        return removed
 
     @_reported
     def file_exists(self, workflow_name: str, task_name: str) -> bool:
         self.check_names(workflow_name, task_name)
-        path = self._result_path(workflow_name, task_name)
-        return os.path.exists(path) if self.local else self.fs.exists(path)
-
-    def _listdir(self, folder: str) -> list[str]:
-        try:
-            if self.local:
-                return os.listdir(folder)
-            return [entry.rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(folder, detail=False)]
-        except (FileNotFoundError, NotADirectoryError):
-            return []
+        return self._exists(self._result_path(workflow_name, task_name))
 
     @_reported
     def list_tasks(self, workflow_name: str, pattern: str = "*") -> list[str]:
@@ -287,9 +595,18 @@ class FileStorage(Storage):
         names = [
             entry[: -len(RESULT_SUFFIX)]
             for entry in self._listdir(self._workflow_dir(workflow_name))
-            if entry.endswith(RESULT_SUFFIX) and not entry.startswith(".ff-tmp-")
+            if entry.endswith(RESULT_SUFFIX) and not entry.startswith(".")
         ]
         return self.match_pattern(names, pattern)
+
+    @_reported
+    def workflow_exists(self, workflow_name: str) -> bool:
+        """True when the storage has a folder (or, on object stores, any object) for ``workflow_name``."""
+        self.check_names(workflow_name)
+        folder = self._workflow_dir(workflow_name)
+        if self.local:
+            return os.path.isdir(folder)
+        return bool(self._listdir(folder)) or (not self.object_store and self._exists(folder))
 
     @_reported
     def list_workflows(self) -> list[str]:
@@ -299,7 +616,7 @@ class FileStorage(Storage):
             try:
                 entries = [
                     info["name"].rstrip("/").rsplit("/", 1)[-1]
-                    for info in self.fs.ls(self.root, detail=True)
+                    for info in self.fs.ls(self.root, detail=True, **self._deadline)
                     if info.get("type") == "directory"
                 ]
             except FileNotFoundError:
@@ -313,30 +630,31 @@ class FileStorage(Storage):
             names = [task_name] if self.file_exists(workflow_name, task_name) else []
         else:
             names = self.list_tasks(workflow_name, pattern or "*")
+        markers = None
         for name in names:
-            path = self._result_path(workflow_name, name)
-            if self.local:
-                os.unlink(path)
-            else:
-                self.fs.rm(path)
-            self._remove_data(self._data_dir(workflow_name, name))
+            self._remove_file(self._result_path(workflow_name, name))
+            self._remove_tree(self._data_dir(workflow_name, name))
+            if markers is None:
+                markers = self._listdir(f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}")
+            for entry in markers:
+                if entry.rpartition("@")[0] == name:
+                    self._remove_file(f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}/{entry}")
         return names
 
     @_reported
     def remove_workflow(self, workflow_name: str) -> None:
         self.check_names(workflow_name)
-        folder = self._workflow_dir(workflow_name)
-        self._made.discard(folder)
-        try:
-            if self.fs.exists(folder):
-                self.fs.rm(folder, recursive=True)
-        except FileNotFoundError:
-            pass
+        self._remove_tree(self._workflow_dir(workflow_name))
 
     @_reported
     def new_workflow(self, workflow_name: str) -> None:
+        """Make sure the workflow's folder exists (checked, not remembered: it may have been removed
+        since), and remove the temporaries of writers that died."""
         self.check_names(workflow_name)
-        self._ensure_dir(self._workflow_dir(workflow_name))
+        folder = self._workflow_dir(workflow_name)
+        self._forget_dirs(folder)
+        self._ensure_dir(folder)
+        self.remove_stale_temporaries(workflow_name)
 
     # -- metadata ----------------------------------------------------------------
     @_reported
@@ -344,14 +662,7 @@ class FileStorage(Storage):
         self.check_names(workflow_name, key)
         folder = f"{self._workflow_dir(workflow_name)}/{META_DIR}"
         self._ensure_dir(folder)
-        path = f"{folder}/{key}"
-        if self.local:
-            tmp = f"{folder}/.ff-tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        self._write_atomic(f"{folder}/{key}", b"", data)
 
     @_reported
     def read_meta(self, workflow_name: str, key: str) -> bytes | None:
@@ -362,28 +673,70 @@ class FileStorage(Storage):
             return None
 
     @_reported
+    def remove_meta(self, workflow_name: str, key: str) -> None:
+        """Remove the metadata stored under ``key`` (nothing happens when there is none)."""
+        self.check_names(workflow_name, key)
+        self._remove_file(f"{self._workflow_dir(workflow_name)}/{META_DIR}/{key}")
+
+    @_reported
     def list_meta(self, workflow_name: str, pattern: str = "*") -> list[str]:
         self.check_names(workflow_name)
         names = [e for e in self._listdir(f"{self._workflow_dir(workflow_name)}/{META_DIR}") if not e.startswith(".")]
         return self.match_pattern(names, pattern)
 
 
+
+
+def _cloudpickle_for(exc: BaseException) -> Any:
+    """cloudpickle, to retry after pickle failed with ``exc``; re-raises ``exc`` when it is not installed.
+
+    Classes and functions defined in a script run by ``functionfuse run`` (or in
+    ``__main__``, or locally in a function) cannot be found by name by another
+    process: cloudpickle stores them by value, and a plain ``pickle.load`` reads them back.
+    """
+    try:
+        import cloudpickle
+    except ImportError:
+        raise exc from None
+    return cloudpickle
+
+
+def _pickle_by_value(obj: Any, exc: BaseException) -> bytes:
+    try:
+        return _cloudpickle_for(exc).dumps(obj, protocol=5)
+    except Exception:
+        raise exc from None
+
+
 class _ResultUnpickler(pickle.Unpickler):
     """Unpickles a result; objects a serializer wrote come back through it."""
 
-    def __init__(self, file: Any, storage: FileStorage, workflow_name: str, task_name: str):
+    def __init__(self, file: Any, storage: FileStorage, workflow_name: str, task_name: str, data_dir: str):
         super().__init__(file)
         self.storage = storage
         self.workflow_name = workflow_name
         self.task_name = task_name
+        self.data_dir = data_dir
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as exc:
+            raise MissingClassError(
+                f"{self.storage.describe()}: the result of node {self.task_name!r} (workflow {self.workflow_name!r}) "
+                f"holds an object of class {name!r} from module {module!r}, which cannot be imported here "
+                f"({type(exc).__name__}: {exc}); install or restore the module that defines it"
+            ) from exc
 
     def persistent_load(self, pid: Any) -> Any:
         storage = self.storage
         name, number, token = pid
         serializer = storage._serializer_named(name, self.task_name)
-        path = f"{storage._data_dir(self.workflow_name, self.task_name)}/{number}"
+        path = f"{self.data_dir}/{number}"
         try:
             return serializer.read(token, storage.fs, path)
+        except FunctionFuseError:
+            raise
         except FileNotFoundError as exc:
             raise CorruptResultError(
                 f"{storage.describe()}: data of node {self.task_name!r} (workflow {self.workflow_name!r}) "
@@ -400,29 +753,43 @@ _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex, list, tuple, dict, set, frozenset})
 
+FILE_OPTIONS = ("path", "storage_options", "timeout")
+S3_OPTIONS = ("path", "s3fs", "check", "timeout")
+
+
+def _timeout_option(kind: str, options: dict) -> float:
+    timeout = options.get("timeout", DEFAULT_TIMEOUT)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise InvalidOptionError(f'storage kind "{kind}": the option "timeout" must be a number of seconds > 0, '
+                                 f"got {timeout!r}")
+    return float(timeout)
+
 
 def file_storage(options: dict) -> FileStorage:
-    """The ``file`` kind: ``{"path": folder or fsspec URL, "storage_options": {...}}``."""
-    from functionfuse.errors import InvalidOptionError
-
-    if "path" not in options:
-        raise InvalidOptionError('storage kind "file" needs the option "path"')
-    return FileStorage(options["path"], storage_options=options.get("storage_options"))
+    """The ``file`` kind: ``{"path": folder or fsspec URL, "storage_options": {...}, "timeout": seconds}``."""
+    check_option_keys("file", options, FILE_OPTIONS)
+    path = check_path_option("file", options)
+    storage_options = options.get("storage_options")
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise InvalidOptionError('storage kind "file": the option "storage_options" must be a dict of '
+                                 f"fsspec filesystem arguments, got {type(storage_options).__name__}")
+    return FileStorage(path, storage_options=storage_options, timeout=_timeout_option("file", options))
 
 
 def s3_storage(options: dict) -> FileStorage:
-    """The ``S3`` kind: ``{"path": "bucket/prefix", "s3fs": {s3fs.S3FileSystem arguments}}``.
+    """The ``S3`` kind: ``{"path": "bucket/prefix", "s3fs": {s3fs.S3FileSystem arguments}, "timeout": 30}``.
 
     The bucket is checked once, here, with one short attempt: an unreachable
     endpoint, rejected credentials or a missing bucket fail within seconds with
     an error naming the storage, instead of retrying for minutes at the first save.
+    ``timeout`` bounds every later call (all its retries included).
     """
-    from functionfuse.errors import InvalidOptionError
-
+    check_option_keys("S3", options, S3_OPTIONS)
     path = options.get("path")
-    if not isinstance(path, str) or not path.strip("/"):
-        raise InvalidOptionError('storage kind "S3" needs the option "path" (bucket/prefix)')
+    if not isinstance(path, str) or not path.removeprefix("s3://").strip("/"):
+        raise InvalidOptionError(f'storage kind "S3" needs the option "path" (bucket/prefix), got {path!r}')
     path = path.removeprefix("s3://")
+    timeout = _timeout_option("S3", options)
     try:
         import s3fs
     except ModuleNotFoundError as exc:
@@ -435,14 +802,18 @@ def s3_storage(options: dict) -> FileStorage:
     # Results written by other processes (Ray workers, zarr) must show up: no stale listings.
     fs_options.setdefault("use_listings_cache", False)
     config = dict(fs_options.get("config_kwargs") or {})
-    config.setdefault("connect_timeout", 5)  # botocore waits 60 s by default
-    config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})  # AWS' recommended mode; fails in seconds
+    # Each attempt is bounded (botocore reads wait 60 s by default, s3fs' 15 s), and so is their number;
+    # zarr's chunk reads and writes, which go through their own s3fs instance, get the same bounds.
+    config.setdefault("connect_timeout", min(5.0, timeout))
+    config.setdefault("read_timeout", max(1.0, timeout / 3))
+    config.setdefault("retries", {"max_attempts": 3, "mode": "standard"})  # AWS' recommended mode
     fs_options["config_kwargs"] = config
     try:
         fs = s3fs.S3FileSystem(**fs_options)
     except TypeError as exc:
         raise InvalidOptionError(f'storage kind "S3": bad "s3fs" options: {exc}') from exc
-    storage = FileStorage(path, fs=fs, kind="S3")
+    fs.retries = 2  # s3fs' own retry loop (5 by default) multiplies botocore's attempts
+    storage = FileStorage(path, fs=fs, kind="S3", timeout=timeout)
     if options.get("check", True):
         _check_bucket(fs_options, path.strip("/").split("/", 1)[0], storage.describe())
     return storage

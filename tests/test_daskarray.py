@@ -39,13 +39,14 @@ def storage_opt(request, tmp_path):
 
 def zarr_backed(array) -> bool:
     """True when the lazy array reads its chunks from a zarr array."""
-    return any(isinstance(value, zarr.Array) for value in dict(array.__dask_graph__()).values())
+    return any(isinstance(getattr(value, "zarr_array", value), zarr.Array)
+               for value in dict(array.__dask_graph__()).values())
 
 
 def data_files(storage, workflow_name, task_name):
-    """Every file under a node's serializer-data folder, relative to it."""
-    folder = storage._data_dir(workflow_name, task_name)
-    if not storage.fs.exists(folder):
+    """Every file of the serializer data the node's committed result uses, relative to its folder."""
+    folder = storage.data_path(workflow_name, task_name)
+    if folder is None:
         return []
     return sorted(path[len(folder) + 1:] for path in storage.fs.find(folder))
 
@@ -113,6 +114,7 @@ def test_seed_dask_workflow_twice_then_removed(storage_opt):
 
     storage.remove_task("dask", task_name="squared")
     assert data_files(storage, "dask", "squared") == [] and data_files(storage, "dask", "array") != []
+    assert not storage.fs.exists(storage._data_dir("dask", "squared"))
     storage.remove_workflow("dask")
     assert data_files(storage, "dask", "array") == [] and storage.list_workflows() == []
 
@@ -172,11 +174,11 @@ def test_deleted_zarr_store_is_a_clear_error(storage_opt):
     storage.register_persistent_serializers(DaskArraySerializer)
     storage.save("wf", "gone", {"x": da.arange(100, chunks=10)})
     storage.save("wf", "holed", da.arange(100, chunks=10))
-    storage.fs.rm(storage._data_dir("wf", "gone") + "/0", recursive=True)
+    storage.fs.rm(storage.data_path("wf", "gone") + "/0", recursive=True)
     with pytest.raises(CorruptResultError, match=r"node 'gone' \(workflow 'wf'\) written by serializer 'daskarray'"):
         storage.read_task("wf", "gone")
     # one chunk removed: zarr alone would read it back as zeros
-    storage.fs.rm(storage._data_dir("wf", "holed") + "/0/c/3")
+    storage.fs.rm(storage.data_path("wf", "holed") + "/0/c/3")
     with pytest.raises(CorruptResultError, match="'holed'.*missing 1 of its 10 chunks"):
         storage.read_task("wf", "holed")
 
@@ -187,7 +189,7 @@ def test_resumed_run_over_a_deleted_store_names_the_node(file_storage):
     wf.set_storage(file_storage)
     wf.run()
     file_storage.remove_task("dask", task_name="total")
-    file_storage.fs.rm(file_storage._data_dir("dask", "squared"), recursive=True)
+    file_storage.fs.rm(file_storage.data_path("dask", "squared"), recursive=True)
     again = LocalWorkflow(seed_workflow(), workflow_name="dask")
     again.set_storage(file_storage)
     with pytest.raises(CorruptResultError, match="'squared'.*'daskarray'"):
@@ -386,7 +388,7 @@ def test_storage_docs_examples_run(tmp_path, monkeypatch, capsys):
 
     functionfuse.run(reading().set_name("reading"), workflow_name="temps", storage=storage,
                      plugins=[namespace["CelsiusPlugin"]()])
-    assert (tmp_path / "storage" / "temps" / "reading.ffd" / "0").read_text() == "21.5"
+    assert (Path(storage.data_path("temps", "reading")) / "0").read_text() == "21.5"
     assert storage.read_task("temps", "reading")["t"].degrees == 21.5
 
 
@@ -410,7 +412,7 @@ def test_large_numpy_arrays_to_npy_small_ones_pickled(storage_opt):
     assert list(back["small"]) == [0, 1, 2] and list(back["dask"].compute()) == [0, 1, 2, 3]
 
     # a truncated or altered .npy file is refused, naming the node
-    path = storage._data_dir("wf", "arrays") + "/0"
+    path = storage.data_path("wf", "arrays") + "/0"
     blob = storage.fs.cat_file(path)
     storage.fs.pipe_file(path, blob[:-8])
     with pytest.raises(CorruptResultError, match="'arrays'.*'numpy'.*truncated"):
@@ -419,4 +421,4 @@ def test_large_numpy_arrays_to_npy_small_ones_pickled(storage_opt):
     with pytest.raises(CorruptResultError, match="'arrays'.*'numpy'.*checksum"):
         storage.read_task("wf", "arrays")
     storage.remove_task("wf", task_name="arrays")
-    assert data_files(storage, "wf", "arrays") == []
+    assert data_files(storage, "wf", "arrays") == [] and not storage.fs.exists(storage._data_dir("wf", "arrays"))

@@ -188,7 +188,7 @@ def test_endpoint_lost_mid_run_fails_within_seconds():
     for call, match in [
         (lambda: storage.save("wf", "after", 2), "saving node 'after' of workflow 'wf' failed"),
         (lambda: storage.read_task("wf", "before"), "reading node 'before' of workflow 'wf' failed"),
-        (lambda: storage.list_tasks("wf"), "list_tasks failed"),
+        (lambda: storage.list_tasks("wf"), r"list_tasks \(workflow 'wf'\) failed"),
     ]:
         start = time.monotonic()
         with pytest.raises(StorageError, match=rf"S3 storage s3://{bucket}/lost: {match}"):
@@ -202,7 +202,7 @@ def test_check_false_skips_the_bucket_check():
         port = closed.getsockname()[1]
     options = {"path": "bucket/x", "check": False, "s3fs": {"endpoint_url": f"http://127.0.0.1:{port}", **CREDENTIALS}}
     storage = storage_factory({"kind": "S3", "options": options})  # nothing is contacted yet
-    with pytest.raises(StorageError, match="S3 storage s3://bucket/x: list_tasks failed"):
+    with pytest.raises(StorageError, match=r"S3 storage s3://bucket/x: list_tasks \(workflow 'wf'\) failed"):
         storage.list_tasks("wf")
 
 

@@ -1,0 +1,279 @@
+"""Fault injection for storage: literal names, re-saves that fail or race, killed writers,
+folders removed between runs, tampered zarr chunks, silent S3 endpoints, bad options.
+
+Real parts only: a moto S3 server on 127.0.0.1 reached by s3fs over HTTP, real
+child processes killed with SIGKILL, files truncated and bit-flipped on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+from s3_fixtures import running_moto
+
+from functionfuse import workflow
+from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.errors import (
+    SerializationError,
+    TaskNotFoundError,
+)
+from functionfuse.serializers.daskarray import DaskArraySerializer
+from functionfuse.storage import storage_factory
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def moto_s3():
+    with running_moto() as server:
+        yield server
+
+
+@pytest.fixture(params=["memory", "S3"])
+def any_storage(request, tmp_path, moto_s3):
+    """A fresh storage where fsspec expands globs in paths: memory:// and S3 (moto over HTTP)."""
+    if request.param == "memory":
+        return storage_factory({"kind": "file", "options": {"path": f"memory://ff-{tmp_path.name}"}})
+    return storage_factory(moto_s3.storage_options(f"{moto_s3.new_bucket()}/runs"))
+
+
+@pytest.fixture(params=["file", "S3"])
+def dask_storage(request, tmp_path, moto_s3):
+    """A fresh local or S3 storage writing Dask arrays as zarr."""
+    if request.param == "file":
+        storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+    else:
+        storage = storage_factory(moto_s3.storage_options(f"{moto_s3.new_bucket()}/runs"))
+    storage.register_persistent_serializers(DaskArraySerializer)
+    return storage
+
+
+# ---------------------------------------------------------------------------
+# 1. names are literal: only arguments called ``pattern`` are globs
+# ---------------------------------------------------------------------------
+
+
+def test_removing_a_workflow_named_like_a_glob_removes_only_it(any_storage):
+    for name in ("run1", "run2", "run[12]"):
+        any_storage.save(name, "n", name)
+    any_storage.remove_workflow("run[12]")
+    assert any_storage.read_task("run1", "n") == "run1" and any_storage.read_task("run2", "n") == "run2"
+    assert not any_storage.file_exists("run[12]", "n")
+    assert any_storage.list_tasks("run1") == ["n"] and any_storage.list_tasks("run2") == ["n"]
+    # reading and listing take such names literally too
+    any_storage.save("w[x]", "n*", 1)
+    any_storage.save("wx", "nn", 2)
+    assert any_storage.read_task("w[x]", "n*") == 1 and any_storage.list_tasks("w[x]") == ["n*"]
+    with pytest.raises(TaskNotFoundError):
+        any_storage.read_task("w[x]", "nn")
+
+
+def test_removing_a_task_named_like_a_glob_removes_only_it(any_storage):
+    any_storage.register_persistent_serializers(DaskArraySerializer)
+    for name in ("*", "a", "b", "a?", "[ab]"):
+        any_storage.save("wf", name, {"name": name, "x": da.arange(4, chunks=2)})
+    assert any_storage.remove_task("wf", task_name="*") == ["*"]
+    assert any_storage.remove_task("wf", task_name="[ab]") == ["[ab]"]
+    assert any_storage.remove_task("wf", task_name="a?") == ["a?"]
+    assert any_storage.list_tasks("wf") == ["a", "b"]
+    for name in ("a", "b"):
+        value = any_storage.read_task("wf", name)
+        assert value["name"] == name and list(value["x"].compute()) == [0, 1, 2, 3]
+    # where the API says pattern=, it is a glob
+    assert any_storage.remove_task("wf", pattern="[ab]") == ["a", "b"] and any_storage.list_tasks("wf") == []
+
+
+# ---------------------------------------------------------------------------
+# 2. a re-save never destroys the committed result
+# ---------------------------------------------------------------------------
+
+
+def _blocks(release: threading.Event, entered: threading.Event):
+    def block(chunk):
+        entered.set()
+        assert release.wait(60), "the test never released the writer"
+        return chunk + 100
+
+    return block
+
+
+def _boom(chunk, block_id=None):
+    if block_id == (2,):
+        raise RuntimeError("disk full (injected)")
+    return chunk
+
+
+def test_failed_resave_leaves_the_previous_result_readable(dask_storage):
+    dask_storage.save("wf", "arr", {"x": da.arange(10, chunks=2)})
+    failing = da.arange(10, chunks=2).map_blocks(_boom, dtype=int, meta=np.empty(0, int))
+    with pytest.raises(SerializationError, match="'daskarray'.*'arr'.*disk full"):
+        dask_storage.save("wf", "arr", {"x": failing})
+    again = storage_factory_like(dask_storage)
+    assert list(again.read_task("wf", "arr")["x"].compute()) == list(range(10))
+    # and the failed attempt left no data folder of its own behind
+    committed = dask_storage.data_path("wf", "arr").rsplit("/", 1)[-1]
+    assert dask_storage._listdir(dask_storage._data_dir("wf", "arr")) == [committed]
+
+
+def test_resave_in_progress_does_not_disturb_readers_then_switches(dask_storage):
+    dask_storage.save("wf", "arr", da.arange(6, chunks=3))
+    release, entered = threading.Event(), threading.Event()
+    slow = da.arange(6, chunks=3).map_blocks(_blocks(release, entered), dtype=int, meta=np.empty(0, int))
+    errors: list = []
+
+    def resave():
+        try:
+            dask_storage.save("wf", "arr", slow)
+        except BaseException as exc:  # noqa: BLE001 (reported by the assertion below)
+            errors.append(exc)
+
+    writer = threading.Thread(target=resave)
+    writer.start()
+    try:
+        assert entered.wait(60)
+        # the new data is being written: a reader still gets the committed result, whole
+        reader = storage_factory_like(dask_storage)
+        assert list(reader.read_task("wf", "arr").compute()) == [0, 1, 2, 3, 4, 5]
+    finally:
+        release.set()
+        writer.join(60)
+    assert not errors
+    assert list(storage_factory_like(dask_storage).read_task("wf", "arr").compute()) == [100, 101, 102, 103, 104, 105]
+    # the old version is gone once the new one is committed
+    assert len(dask_storage._listdir(dask_storage._data_dir("wf", "arr"))) == 1
+
+
+def storage_factory_like(storage):
+    """A second storage object on the same place (as another process would build it)."""
+    clone = __import__("pickle").loads(__import__("pickle").dumps(storage))
+    clone._used_serializers = {}
+    return clone
+
+
+# ---------------------------------------------------------------------------
+# 7. temporaries of writers killed mid-write are removed by the next run, never a live writer's
+# ---------------------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    sys.path[:0] = [{repo!r}, {tests!r}]
+    import dask.array as da
+    import numpy as np
+    from functionfuse.storage import storage_factory
+    from functionfuse.serializers.daskarray import DaskArraySerializer
+
+    root, mode, ready = sys.argv[1], sys.argv[2], sys.argv[3]
+    storage = storage_factory({{"kind": "file", "options": {{"path": root}}}})
+    storage.register_persistent_serializers(DaskArraySerializer)
+
+    def signal_and_hang(*args):
+        open(ready, "w").close()
+        time.sleep(600)
+
+    if mode == "result":  # killed between writing the temporary and renaming it
+        os.replace = signal_and_hang
+        storage.save("wf", "n", 42)
+    elif mode == "meta":
+        os.replace = signal_and_hang
+        storage.save_meta("wf", "runrecord-x.json", b"{{}}")
+    else:  # killed while the serializer writes the chunks of a re-save
+        def chunk(block, block_id=None):
+            if block_id == (1,):
+                signal_and_hang()
+            return block
+        storage.save("wf", "arr", da.arange(8, chunks=2).map_blocks(chunk, dtype=int, meta=np.empty(0, int)))
+    """
+)
+
+
+def start_writer(tmp_path: Path, root: Path, mode: str) -> subprocess.Popen:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER.format(repo=str(REPO), tests=str(REPO / "tests")))
+    ready = tmp_path / f"ready-{mode}"
+    ready.unlink(missing_ok=True)
+    process = subprocess.Popen([sys.executable, str(script), str(root), mode, str(ready)])
+    deadline = time.monotonic() + 120
+    while not ready.exists():
+        assert process.poll() is None, f"the writer ({mode}) exited with {process.returncode}"
+        assert time.monotonic() < deadline, "the writer never reached the point of the kill"
+        time.sleep(0.05)
+    return process
+
+
+def leftovers(root: Path) -> list[str]:
+    """Temporaries and data folders under the storage, relative to it."""
+    found = []
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix()
+        if ".ff-tmp-" in path.name or (path.parent.name.endswith(".ffd") and path.is_dir()):
+            found.append(relative)
+    return sorted(found)
+
+
+@workflow
+def constant(value):
+    return value
+
+
+def test_writers_killed_mid_write_leave_nothing_after_the_next_run(tmp_path):
+    root = tmp_path / "storage"
+    storage = storage_factory({"kind": "file", "options": {"path": str(root)}})
+    storage.register_persistent_serializers(DaskArraySerializer)
+    storage.save("wf", "arr", da.arange(8, chunks=2))  # the committed result the killed re-save must not harm
+    committed = leftovers(root)
+    for mode in ("result", "meta", "data"):
+        process = start_writer(tmp_path, root, mode)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    left = leftovers(root)
+    assert len(left) == len(committed) + 3, left  # a result temporary, a metadata temporary, a data folder
+
+    LocalWorkflow(constant(1).set_name("one"), workflow_name="wf").set_storage(root).run()
+    assert leftovers(root) == committed
+    again = storage_factory({"kind": "file", "options": {"path": str(root)}})
+    assert list(again.read_task("wf", "arr").compute()) == list(range(8))
+
+
+def test_a_live_writers_temporaries_are_left_alone(tmp_path):
+    root = tmp_path / "storage"
+    storage_factory({"kind": "file", "options": {"path": str(root)}}).new_workflow("wf")
+    process = start_writer(tmp_path, root, "result")
+    try:
+        LocalWorkflow(constant(1).set_name("one"), workflow_name="wf").set_storage(root).run()
+        assert [p for p in leftovers(root) if ".ff-tmp-" in p], "a live writer's temporary was removed"
+    finally:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(30)
+    LocalWorkflow(constant(1).set_name("one"), workflow_name="wf").set_storage(root).run()
+    assert leftovers(root) == []
+
+
+# ---------------------------------------------------------------------------
+# 8. a storage folder removed between two runs of one process
+# ---------------------------------------------------------------------------
+
+
+def test_storage_folder_removed_between_runs_in_one_process(tmp_path):
+    root = tmp_path / "storage"
+    storage = storage_factory({"kind": "file", "options": {"path": str(root)}})
+    assert LocalWorkflow(constant(5).set_name("five"), workflow_name="wf").set_storage(storage).run() == 5
+    shutil.rmtree(root)
+    assert LocalWorkflow(constant(6).set_name("six"), workflow_name="wf").set_storage(storage).run() == 6
+    assert storage.read_task("wf", "six") == 6
+    # and removed behind its back while it is in use: the next save makes the folders again
+    shutil.rmtree(root)
+    storage.save("wf", "seven", 7)
+    storage.save_meta("wf", "note", b"x")
+    assert storage.read_task("wf", "seven") == 7 and storage.read_meta("wf", "note") == b"x"
