@@ -27,8 +27,12 @@ from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.errors import InvalidOptionError, NodeExecutionError, SerializationError
 from functionfuse.storage import as_storage, storage_factory
+from plugins_builtin.runrecord import list_run_records
 
 pytestmark = pytest.mark.timeout(180)
+
+HOOKCOUNTER_ENV = "FF_HOOKCOUNTER_FILE"
+HOOKCOUNTER_LOG: dict = {}
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,13 @@ def ray_cluster():
     import ray
 
     temp_dir = tempfile.mkdtemp(prefix="ffrd", dir="/tmp")  # Ray's socket paths must stay short
-    context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    # The workers inherit the environment ray.init starts them with: the hook counter (tests/plugins)
+    # logs there whenever a driver's run ships it; in the driver it is switched on by one test only.
+    os.environ[HOOKCOUNTER_ENV] = HOOKCOUNTER_LOG["path"] = os.path.join(temp_dir, "hookcounter.log")
+    try:
+        context = ray.init(num_cpus=2, include_dashboard=False, _temp_dir=temp_dir)
+    finally:
+        del os.environ[HOOKCOUNTER_ENV]
     yield context.address_info["gcs_address"]
     ray.shutdown()
 
@@ -70,6 +80,13 @@ def total(values, extra=0):
 @workflow
 def fail(x):
     raise ValueError(f"bad input {x}")
+
+
+@workflow
+def flaky(x, flag):
+    if not os.path.exists(flag):
+        raise RuntimeError("no flag yet")
+    return x * 2
 
 
 @workflow
@@ -120,7 +137,7 @@ def test_registered_through_entry_point_and_import_paths():
 
     assert RayWorkflow is functionfuse.backend_class("raydag") is raydag.RayWorkflow
     assert RayWorkflow.backend_name == "raydag"
-    from functionfuse.workflow import Workflow
+    from functionfuse.base import Workflow
 
     assert issubclass(RayWorkflow, Workflow)
 
@@ -330,10 +347,10 @@ def test_s3_storage_status_and_resume(ray_cluster):
         assert "node4" in s3.list_tasks("on-s3")
         assert raydag.list_all(s3) == [("on-s3", "SUCCESSFUL")]
         s3.remove_task("on-s3", "node4")
-        record = raydag.get_metadata("on-s3", s3)
         from functionfuse_raydag import records
 
-        records.write_record(s3, "on-s3", dict(record, status="FAILED"))  # as if the last run had failed
+        record = records.read_record(s3, "on-s3")
+        records.write_record(s3, "on-s3", dict(record, status="failed"))  # as if the last run had failed
         assert raydag.resume_all(s3) == []  # FAILED ones only on request
         assert raydag.resume_all(s3, include_failed=True) == [("on-s3", 39.5)]
         assert raydag.get_status("on-s3", s3) == "SUCCESSFUL" and "node4" in s3.list_tasks("on-s3")
@@ -342,20 +359,100 @@ def test_s3_storage_status_and_resume(ray_cluster):
 
 
 def test_plan_of_a_deep_chain_pickles_flat():
-    """The stored plan refers to nodes by index: no recursion, whatever the depth."""
+    """The stored plan refers to nodes by index: no recursion, whatever the depth; its calls run anywhere."""
     import cloudpickle
-    from functionfuse_raydag.plan import build_plan, fill_arguments
+    from functionfuse_raydag.plan import build_plan
 
     from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+    from functionfuse.nodecall import run_node_call
 
     node = add(0, 1)
     for _ in range(5_000):
         node = add(node, 1)
-    plan, _ = build_plan(RayWorkflow(node, workflow_name="deep"), lambda n: [])
+    plan = build_plan(RayWorkflow(node, workflow_name="deep"), {})
     loaded = cloudpickle.loads(cloudpickle.dumps(plan))
     last = loaded.leaves[0]
-    assert len(loaded.specs) == 5_001 and last.parents == (loaded.specs[-2],) and last.deps == last.parents
-    assert fill_arguments(last.args, last.kwargs, (41,)) == ((41, 1), {})
+    assert len(loaded.nodes) == 5_001 and last.parents == (loaded.nodes[-2],) and last.deps == last.parents
+    assert run_node_call(last.call, (41,))[0] == 42
+
+
+def test_raydag_hooks_fire_for_every_node_from_an_entry_point_plugin(ray_cluster, store, monkeypatch):
+    """ff_execute_node, ff_storage_save and ff_storage_read of a third-party plugin fire in the Ray workers."""
+    import importlib
+
+    import ff_hookcounter
+
+    from functionfuse import manager
+
+    path = HOOKCOUNTER_LOG["path"]  # the workers' log file
+    if os.path.exists(path):
+        os.remove(path)  # what other tests' workers logged
+    monkeypatch.setenv(HOOKCOUNTER_ENV, path)
+    importlib.reload(ff_hookcounter)  # its entry point is an object made at import: the active one now
+    manager.clear_cache()
+
+    def build():
+        a = add(1, 2).set_name("h_a")
+        counter = Counter(add(a, 10).set_name("h_b")).set_name("h_counter")
+        return total([a, counter.add(5).set_name("h_c")]).set_name("h_total")
+
+    computed = ["h_a", "h_b", "h_counter", "h_c", "h_total"]
+    saved = ["h_a", "h_b", "h_c", "h_total"]  # a stateful object is not stored
+    try:
+        for _ in range(2):
+            assert functionfuse.run(build(), backend="raydag", workflow_name="hooks", storage=store) == 21
+        counts = ff_hookcounter.counts(path)
+        expected = {("ff_execute_node", n): 1 for n in computed}
+        expected.update({("ff_storage_save", n): 1 for n in saved})
+        expected[("ff_storage_read", "h_total")] = 1  # the second run reads the leaf back
+        assert counts["calls"] == expected
+        assert counts["pids"] and os.getpid() not in counts["pids"]  # in the workers, not the driver
+        # resume (no script) rebuilds the run's plugins from the entry points: the same hooks fire
+        store.remove_task("hooks", "h_total")
+        from functionfuse_raydag import records
+
+        records.write_record(store, "hooks", dict(records.read_record(store, "hooks"), status="failed"))
+        assert raydag.resume("hooks", store) == 21
+        calls = ff_hookcounter.counts(path)["calls"]
+        assert {key: calls[key] - expected.get(key, 0) for key in calls if calls[key] != expected.get(key)} == {
+            ("ff_execute_node", "h_total"): 1,
+            ("ff_storage_save", "h_total"): 1,
+            ("ff_storage_read", "h_a"): 1,  # the parents of the recomputed leaf, read back
+            ("ff_storage_read", "h_c"): 1,
+        }
+    finally:
+        monkeypatch.delenv(HOOKCOUNTER_ENV)
+        importlib.reload(ff_hookcounter)
+        manager.clear_cache()
+
+
+def test_cli_status_resume_and_history_read_one_record(ray_cluster, tmp_path, capsys):
+    from functionfuse.cli import main
+
+    storage, flag = str(tmp_path / "st"), tmp_path / "flag"
+    leaf = flaky(add(1, 2).set_name("first"), str(flag)).set_name("leaf")
+    with pytest.raises(NodeExecutionError, match="no flag yet"):
+        functionfuse.run(leaf, backend="raydag", workflow_name="cli", storage=storage)
+    capsys.readouterr()
+    assert main(["status", "cli", "--storage", storage]) == 0
+    assert capsys.readouterr().out.startswith("FAILED  NodeExecutionError")
+    flag.touch()
+    assert main(["resume", "cli", "--storage", storage]) == 0  # from the stored plan: no script
+    assert capsys.readouterr().out == "cli: 6\n"
+    assert main(["status", "--storage", storage]) == 0
+    assert capsys.readouterr().out == "cli  SUCCESSFUL\n"
+    assert main(["status", "nope", "--storage", storage]) == 2
+    assert "no workflow 'nope'" in capsys.readouterr().err
+
+    assert main(["history", storage, "cli"]) == 0
+    rows = capsys.readouterr().out.splitlines()[2:]
+    runs = list_run_records(as_storage(storage), "cli")
+    assert [(r["status"], r["counts"]["computed"], r["counts"]["stored"]) for r in runs] == [
+        ("failed", 1, 0),
+        ("ok", 1, 1),  # the resume computed the leaf only and read "first" back
+    ]
+    assert [row.split()[0] for row in rows] == [r["run_id"] for r in runs]
+    assert raydag.get_metadata("cli", storage)["run_id"] == runs[-1]["run_id"]
 
 
 # ---------------------------------------------------------------------------
@@ -437,6 +534,10 @@ def test_killed_driver_resumes_computing_only_unsaved_nodes(ray_cluster, tmp_pat
         assert again == (0 if name in saved_before else 1), (name, saved_before, runs_before, runs_after)
     assert raydag.get_status("killed", storage_path) == "SUCCESSFUL"
     assert raydag.get_metadata("killed", storage_path)["runs"] == 2
+    # One record system: the history holds the killed run (saved when it started) and the resume.
+    runs = list_run_records(as_storage(str(storage_path)), "killed")
+    assert [(r["status"], r["backend"], r["runs"]) for r in runs] == [("running", "raydag", 1), ("ok", "raydag", 2)]
+    assert runs[1]["counts"]["computed"] == len(every - saved_before)
 
 
 # ---------------------------------------------------------------------------
@@ -459,11 +560,11 @@ def test_bad_remote_args(ray_cluster, store):
         wf.query("^n$").set_remote_args(["num_cpus", 1])
     wf.query("^n$").set_remote_args({"num_cpu": 1})
     wf.set_storage(store)
-    with pytest.raises(InvalidOptionError, match="remote_args .* of node 'n' are not valid Ray options.*num_cpu"):
+    with pytest.raises(InvalidOptionError, match="remote_args of node 'n': 'num_cpu' is not a ray.remote task option"):
         wf.run()
     assert raydag.get_status("opts", store) == "FAILED"
     wf.query("^n$").set_remote_args({"num_returns": 3})
-    with pytest.raises(InvalidOptionError, match="node 'n' may not set num_returns"):
+    with pytest.raises(InvalidOptionError, match="node 'n': 'num_returns' is set by the ray backend"):
         wf.run()
 
 
@@ -494,8 +595,8 @@ def test_refuses_workflow_run_by_live_driver(store):
 
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        record = dict(records.driver_identity(), status="RUNNING", leaves=["n"], pid=other.pid)
-        record["proc_start"] = records._process_start(other.pid)
+        record = dict(records.driver_identity(), status="running", backend="raydag", leaves=["n"], pid=other.pid)
+        record.update(proc_start=records._process_start(other.pid), start=time.time(), run_id="other", nodes={})
         store.new_workflow("busy")
         records.write_record(store, "busy", record)
         assert raydag.get_status("busy", store) == "RUNNING"
@@ -518,15 +619,15 @@ def test_refuses_workflow_run_by_live_driver(store):
 # ---------------------------------------------------------------------------
 
 
-def _python_blocks(path) -> list[str]:
-    with open(path) as handle:
-        text = handle.read()
-    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
-
-
 def test_readme_example_runs(ray_cluster, tmp_path):
-    readme = os.path.join(os.path.dirname(__file__), "..", "contrib", "raydag", "README.md")
-    example = next(block for block in _python_blocks(readme) if "RayWorkflow(" in block)
-    example = example.replace("/tmp/functionfuse-raydag-demo", str(tmp_path / "demo"))
-    exec(compile(example, "contrib/raydag/README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102 (our own docs)
+    from doc_examples import run_blocks
+
+    import functionfuse_raydag.plugin
+
+    namespace = {"__name__": "readme_example"}
+    run_blocks("contrib/raydag/README.md", namespace, {"/tmp/functionfuse-raydag-demo": str(tmp_path / "demo")})
     assert (tmp_path / "demo" / "sums" / "node2.ffr").exists()
+    shown, registered = [], []  # the README's excerpt is the plugin's registration
+    namespace["ff_backends"](lambda *args, **kwargs: shown.append((args, kwargs)))
+    functionfuse_raydag.plugin.ff_backends(lambda *args, **kwargs: registered.append((args, kwargs)))
+    assert shown == registered

@@ -1,12 +1,15 @@
-"""Workflow records kept beside the results: status, driver, leaves.
+"""Workflow status, output and listing, read from the run records of ``plugins_builtin.runrecord``.
 
-Everything here reads and writes storage metadata only (no Ray), so status,
-listing and output work from any process that can reach the storage.
+raydag keeps no record of its own: its status is the run record every
+backend writes (``functionfuse history`` lists the same runs). A raydag run
+saves its record once more when it starts, with status ``running`` and the
+driver's pid, host and process start time, the leaves' names and how many
+runs the workflow had, so a driver that dies leaves a record saying so.
 
-Metadata keys under ``<workflow>/.ffmeta/``:
-
-``raydag-status``  JSON: status, driver pid/host/process start, run id, times, error, leaf names
-``raydag-plan``    cloudpickle of the workflow's task plan, so :func:`resume` needs no script
+Everything here reads storage metadata only (no Ray), so status, listing and
+output work from any process that can reach the storage. Metadata keys under
+``<workflow>/.ffmeta/``: the run records (``runrecord-*.json``), and
+``raydag-plan``, the cloudpickled :class:`~functionfuse_raydag.plan.Plan`.
 """
 
 from __future__ import annotations
@@ -14,11 +17,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 from collections.abc import Iterable
 from typing import Any
 
+from functionfuse.errors import InvalidOptionError, RunRecordNotFoundError
 from functionfuse.storage import as_storage
+from plugins_builtin import runrecord
 
 from .errors import WorkflowNotFinishedError, WorkflowNotFoundError
 
@@ -40,8 +44,9 @@ SUCCESSFUL = "SUCCESSFUL"
 FAILED = "FAILED"
 RESUMABLE = "RESUMABLE"
 STATUSES = (RUNNING, SUCCESSFUL, FAILED, RESUMABLE)
+#: the run record's status -> raydag's
+_STATUS_OF = {"running": RUNNING, "ok": SUCCESSFUL, "failed": FAILED}
 
-STATUS_KEY = "raydag-status"
 PLAN_KEY = "raydag-plan"
 STORAGE_ENV = "FUNCTIONFUSE_RAYDAG_STORAGE"
 
@@ -109,54 +114,44 @@ def driver_alive(record: dict) -> bool | None:
 
 
 # ---------------------------------------------------------------------------
-# reading and writing the status record
+# the run record as raydag reads and writes it
 # ---------------------------------------------------------------------------
 
 
 def read_record(storage: Any, workflow_name: str) -> dict | None:
-    """The status record of a workflow, or ``None`` when raydag never ran it there."""
-    data = storage.read_meta(workflow_name, STATUS_KEY)
-    if data is None:
+    """The latest run record of a workflow raydag ran last, or ``None``."""
+    try:
+        record = runrecord.read_run_record(storage, workflow_name)
+    except RunRecordNotFoundError:
         return None
-    return json.loads(data.decode("utf-8"))
+    return record if record.get("backend") == "raydag" else None
 
 
 def write_record(storage: Any, workflow_name: str, record: dict) -> None:
-    """Replace the status record (``save_meta`` writes it whole or not at all)."""
-    storage.save_meta(workflow_name, STATUS_KEY, json.dumps(record, sort_keys=True).encode("utf-8"))
+    """Save ``record`` as ``plugins_builtin.runrecord`` does: under its own key and as the latest."""
+    data = json.dumps(record, indent=1, default=str).encode("utf-8")
+    storage.save_meta(workflow_name, runrecord.record_key(record), data)
+    storage.save_meta(workflow_name, runrecord.LATEST_KEY, data)
 
 
-def start_record(storage: Any, workflow_name: str, run_id: str, leaves: list[str], node_count: int) -> dict:
-    """Mark the workflow RUNNING by this process."""
-    previous = read_record(storage, workflow_name) or {}
-    record = {
-        "status": RUNNING,
-        "backend": "raydag",
-        "run_id": run_id,
-        "started": time.time(),
-        "ended": None,
-        "error": None,
-        "leaves": leaves,
-        "nodes": node_count,
-        "runs": int(previous.get("runs", 0)) + 1,
-        **driver_identity(),
-    }
-    write_record(storage, workflow_name, record)
+def mark_started(context: Any, leaves: list[str]) -> dict:
+    """Add the driver and the leaves to this run's record and save it now, status ``running``."""
+    record = context.state.get(runrecord._STATE_KEY)
+    if record is None:
+        raise InvalidOptionError(
+            f"raydag workflow {context.workflow_name!r}: its status is the run record, so the run-record "
+            "plugin (plugins_builtin.runrecord) cannot be disabled nor record=False given"
+        )
+    previous = read_record(context.storage, context.workflow_name) or {}
+    record.update(driver_identity(), leaves=leaves, runs=int(previous.get("runs", 0)) + 1)
+    write_record(context.storage, context.workflow_name, record)
     return record
 
 
-def finish_record(storage: Any, workflow_name: str, record: dict, error: BaseException | None) -> None:
-    """Mark the run SUCCESSFUL, or FAILED with the error's text."""
-    record = dict(record, ended=time.time(), status=SUCCESSFUL if error is None else FAILED)
-    if error is not None:
-        record["error"] = f"{type(error).__name__}: {error}"[:2000]
-    write_record(storage, workflow_name, record)
-
-
 def effective_status(record: dict) -> str:
-    """The record's status, RUNNING turned RESUMABLE when its driver is known to be dead."""
-    status = record.get("status", RESUMABLE)
-    if status == RUNNING and driver_alive(record) is False:
+    """raydag's status of a run record: a run whose driver is known to be dead, or was interrupted, is RESUMABLE."""
+    status = _STATUS_OF.get(record.get("status"), RESUMABLE)
+    if record.get("interrupted") or (status == RUNNING and driver_alive(record) is False):
         return RESUMABLE
     return status
 
@@ -165,15 +160,9 @@ def _record_or_raise(storage: Any, workflow_name: str) -> dict:
     record = read_record(storage, workflow_name)
     if record is None:
         known = ", ".join(repr(name) for name, _ in list_all(storage)) or "none"
-        raise WorkflowNotFoundError(
-            f"raydag: no workflow {workflow_name!r} in {_describe(storage)} (workflows there: {known})"
-        )
+        where = storage.describe() if callable(getattr(storage, "describe", None)) else repr(storage)
+        raise WorkflowNotFoundError(f"raydag: no workflow {workflow_name!r} in {where} (workflows there: {known})")
     return record
-
-
-def _describe(storage: Any) -> str:
-    describe = getattr(storage, "describe", None)
-    return describe() if callable(describe) else repr(storage)
 
 
 # ---------------------------------------------------------------------------
@@ -185,17 +174,16 @@ def get_status(workflow_name: str, storage: Any = None) -> str:
     """``RUNNING``, ``SUCCESSFUL``, ``FAILED`` or ``RESUMABLE`` (a RUNNING workflow whose driver died).
 
     :param storage: a storage object, path or URL; default: :func:`default_storage`.
-    :raises WorkflowNotFoundError: when raydag never ran ``workflow_name`` on that storage.
+    :raises WorkflowNotFoundError: when raydag did not run ``workflow_name`` last on that storage.
     """
-    storage = resolve_storage(storage)
-    return effective_status(_record_or_raise(storage, workflow_name))
+    return effective_status(_record_or_raise(resolve_storage(storage), workflow_name))
 
 
 def get_metadata(workflow_name: str, storage: Any = None) -> dict:
-    """The whole status record: ``status`` (effective), driver ``pid``/``host``, ``started``, ``ended``,
-    ``error``, ``leaves``, ``nodes``, ``runs`` (how many times it was started or resumed)."""
-    storage = resolve_storage(storage)
-    record = _record_or_raise(storage, workflow_name)
+    """The latest run record (``plugins_builtin.runrecord``: ``run_id``, ``start``, ``end``, ``error``,
+    ``nodes``, ``counts``, ...) with raydag's ``status``, the driver's ``pid`` and ``host``, ``leaves``
+    and ``runs`` (how many times it was started or resumed)."""
+    record = _record_or_raise(resolve_storage(storage), workflow_name)
     return dict(record, status=effective_status(record))
 
 
@@ -218,34 +206,27 @@ def get_output(workflow_name: str, storage: Any = None) -> Any:
 
 
 def list_all(storage: Any = None, status_filter: str | Iterable[str] | None = None) -> list[tuple[str, str]]:
-    """Every raydag workflow in the storage as ``(workflow_name, status)``, sorted by name.
+    """Every workflow raydag ran last in the storage as ``(workflow_name, status)``, sorted by name.
 
     :param status_filter: a status or several; only workflows with one of them are listed.
     """
     storage = resolve_storage(storage)
-    if isinstance(status_filter, str):
-        status_filter = {status_filter}
-    wanted = None if status_filter is None else set(status_filter)
-    if wanted is not None and not wanted <= set(STATUSES):
-        from functionfuse.errors import InvalidOptionError
-
+    wanted = {status_filter} if isinstance(status_filter, str) else status_filter
+    if wanted is not None and not set(wanted) <= set(STATUSES):
         raise InvalidOptionError(
-            f"raydag: list_all(status_filter=...) got {sorted(wanted - set(STATUSES))}; "
+            f"raydag: list_all(status_filter=...) got {sorted(set(wanted) - set(STATUSES))}; "
             f"the statuses are {', '.join(STATUSES)}"
         )
     found = []
     for name in storage.list_workflows():
         record = read_record(storage, name)
-        if record is None:
-            continue  # a workflow another backend stored
-        status = effective_status(record)
-        if wanted is None or status in wanted:
-            found.append((name, status))
+        if record is not None and (wanted is None or effective_status(record) in wanted):
+            found.append((name, effective_status(record)))
     return found
 
 
 def delete(workflow_name: str, storage: Any = None) -> None:
-    """Remove a workflow: its results, its plan and its status record."""
+    """Remove a workflow: its results, its plan and its run records."""
     storage = resolve_storage(storage)
     _record_or_raise(storage, workflow_name)
     storage.remove_workflow(workflow_name)
