@@ -27,8 +27,10 @@ def start_local_cluster(module_name: str, **resources: float):
         include_dashboard=False,
         _temp_dir=temp_dir,
         log_to_driver=False,
-        # workers import this helper module (plain pickle, as storage uses, pickles its classes by reference)
-        runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}},
+        # workers import this helper module (plain pickle, as storage uses, pickles its classes by reference);
+        # the driver's PYTHONPATH stays after it (.ci/run's coverage hook for workers lives there)
+        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
+            p for p in (os.path.dirname(os.path.abspath(__file__)), os.environ.get("PYTHONPATH")) if p)}},
     )
     return ray, temp_dir
 
