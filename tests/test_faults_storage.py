@@ -25,6 +25,9 @@ from s3_fixtures import running_moto
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.errors import (
+    CorruptResultError,
+    InvalidOptionError,
+    StorageError,
     SerializationError,
     TaskNotFoundError,
 )
@@ -277,3 +280,196 @@ def test_storage_folder_removed_between_runs_in_one_process(tmp_path):
     storage.save("wf", "seven", 7)
     storage.save_meta("wf", "note", b"x")
     assert storage.read_task("wf", "seven") == 7 and storage.read_meta("wf", "note") == b"x"
+
+
+# ---------------------------------------------------------------------------
+# 3. a zarr chunk truncated or bit-flipped on disk is never returned as numbers
+# ---------------------------------------------------------------------------
+
+
+def test_tampered_zarr_chunks_raise_corrupt_result_naming_the_node(tmp_path):
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+    storage.register_persistent_serializers(DaskArraySerializer)
+    storage.save("wf", "flipped", da.arange(100.0, chunks=10))
+    storage.save("wf", "truncated", {"x": da.arange(100.0, chunks=10)})
+    chunk = Path(storage.data_path("wf", "flipped")) / "0" / "c" / "3"
+    blob = bytearray(chunk.read_bytes())
+    blob[len(blob) // 2] ^= 0x10  # one bit
+    chunk.write_bytes(bytes(blob))
+    chunk = Path(storage.data_path("wf", "truncated")) / "0" / "c" / "5"
+    chunk.write_bytes(chunk.read_bytes()[:-3])
+
+    flipped = storage.read_task("wf", "flipped")  # lazily: the chunks are read by compute()
+    assert list(flipped[:30].compute()) == list(np.arange(30.0))  # the good chunks still read
+    with pytest.raises(CorruptResultError, match=r"chunk of node 'flipped' \(workflow 'wf'\) is corrupt"):
+        flipped.sum().compute()
+    with pytest.raises(CorruptResultError, match=r"chunk of node 'truncated' \(workflow 'wf'\) is corrupt"):
+        storage.read_task("wf", "truncated")["x"][50:60].compute()
+
+
+# ---------------------------------------------------------------------------
+# 5. an S3 endpoint that accepts connections and never answers: bounded, naming the node
+# ---------------------------------------------------------------------------
+
+
+class SilencingProxy:
+    """An HTTP proxy on 127.0.0.1 in front of moto that never answers the requests ``silent`` picks.
+
+    The connection is accepted and the request read, then nothing comes back
+    until the proxy is closed: what a hung S3 endpoint does.
+    """
+
+    def __init__(self, upstream: str, silent):
+        import http.client
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        upstream_host = urlsplit(upstream)
+        proxy = self
+        self.silent = silent
+        self.hung: list[str] = []
+        self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def handle_one(self):
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    body = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        body += self.rfile.read(size)
+                        self.rfile.readline()
+                        if size == 0:
+                            break
+                else:
+                    body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if proxy.silent(self.command, self.path):
+                    proxy.hung.append(f"{self.command} {self.path}")
+                    proxy.release.wait(300)
+                    self.close_connection = True
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "transfer-encoding")}
+                if body or self.command in ("PUT", "POST"):
+                    headers["Content-Length"] = str(len(body))
+                connection = http.client.HTTPConnection(upstream_host.hostname, upstream_host.port, timeout=60)
+                connection.request(self.command, self.path, body=body or None, headers=headers)
+                response = connection.getresponse()
+                data = response.read()
+                self.send_response_only(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() in ("transfer-encoding", "connection") or (
+                            key.lower() == "content-length" and self.command != "HEAD"):
+                        continue
+                    self.send_header(key, value)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                connection.close()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = handle_one
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def silencing_proxy(moto_s3):
+    proxies = []
+
+    def make(silent):
+        proxy = SilencingProxy(moto_s3.endpoint, silent)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+def run_bounded(function, limit: float):
+    """Run ``function`` in a thread; returns (error or None, seconds); fails when it is still running after ``limit``."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = function()
+        except BaseException as exc:  # noqa: BLE001 (returned to the test)
+            outcome["error"] = exc
+
+    start = time.monotonic()
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(limit)
+    elapsed = time.monotonic() - start
+    assert not thread.is_alive(), f"still waiting on the storage after {elapsed:.0f} s"
+    return outcome.get("error"), elapsed
+
+
+@workflow
+def ten():
+    return 10
+
+
+def test_silent_s3_endpoint_fails_the_run_within_40s_naming_the_node(moto_s3, silencing_proxy):
+    bucket = moto_s3.new_bucket()
+    proxy = silencing_proxy(lambda method, path: method == "PUT" and path.endswith("/result.ffr"))
+    options = {"path": f"{bucket}/runs", "s3fs": {**moto_s3.s3fs_options(), "endpoint_url": proxy.endpoint}}
+    storage = storage_factory({"kind": "S3", "options": options})  # the default time-out: 30 s
+    workflow_run = LocalWorkflow(ten().set_name("result"), workflow_name="wf").set_storage(storage)
+    error, elapsed = run_bounded(workflow_run.run, 90)
+    assert proxy.hung, "the save never reached the silent endpoint"
+    assert elapsed < 40, f"the run took {elapsed:.1f} s"
+    assert isinstance(error, StorageError), repr(error)
+    assert "'result'" in str(error) and "S3 storage s3://" in str(error) and "timed out" in str(error), str(error)
+
+
+def test_silent_s3_read_times_out_after_the_timeout_option_naming_the_node(moto_s3, silencing_proxy):
+    bucket = moto_s3.new_bucket()
+    storage_factory(moto_s3.storage_options(f"{bucket}/runs")).save("wf", "stored", 1)
+    proxy = silencing_proxy(lambda method, path: method == "GET" and path.endswith("/stored.ffr"))
+    options = {"path": f"{bucket}/runs", "timeout": 4, "s3fs": {**moto_s3.s3fs_options(), "endpoint_url": proxy.endpoint}}
+    storage = storage_factory({"kind": "S3", "options": options})
+    error, elapsed = run_bounded(lambda: storage.read_task("wf", "stored"), 60)
+    assert proxy.hung and elapsed < 15, f"{elapsed:.1f} s with a 4 s time-out"
+    assert isinstance(error, StorageError), repr(error)
+    assert "reading node 'stored' of workflow 'wf' failed: timed out" in str(error)
+
+
+# ---------------------------------------------------------------------------
+# 11. storage options that must be refused
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("opt", "message"),
+    [
+        ({"kind": "file", "options": {"path": None}}, r'"path" must be a folder or URL string, got NoneType None'),
+        ({"kind": "file", "options": {"path": ""}}, r'the option "path" is empty'),
+        ({"kind": "file", "options": {"path": "  "}}, r'the option "path" is empty'),
+        ({"kind": "file", "options": {"path": "x", "storage_optons": {}}},
+         r"storage kind \"file\" has no option 'storage_optons' \(did you mean 'storage_options'\?\)"),
+        ({"kind": "S3", "options": {"path": "b/x", "s3f": {}}},
+         r"storage kind \"S3\" has no option 's3f' \(did you mean 's3fs'\?\)"),
+        ({"kind": "S3", "options": {"path": "b/x", "timout": 5}},
+         r"storage kind \"S3\" has no option 'timout' \(did you mean 'timeout'\?\)"),
+        ({"kind": "S3", "options": {"path": "b/x", "timeout": 0}}, r'"timeout" must be a number of seconds > 0'),
+    ],
+)
+def test_bad_storage_options_are_refused_with_a_did_you_mean(opt, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(InvalidOptionError, match=message):
+        storage_factory(opt)
+    assert list(tmp_path.iterdir()) == [], "nothing may be created for refused options"
