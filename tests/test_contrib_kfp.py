@@ -7,7 +7,6 @@ quarter of a second each), so the graphs here are small.
 import base64
 import importlib.metadata
 import os
-import re
 import shutil
 import socket
 
@@ -372,12 +371,10 @@ def test_bad_options_and_unpicklable_nodes_are_refused_naming_them(tmp_path):
 
 
 def test_readme_example_runs():
-    readme = os.path.join(os.path.dirname(__file__), "..", "contrib", "kfp", "README.md")
-    with open(readme) as handle:
-        blocks = re.findall(r"```python\n(.*?)```", handle.read(), re.DOTALL)
-    assert len(blocks) == 1
+    from doc_examples import run_blocks
+
     namespace = {"__name__": "readme_example"}
-    exec(compile(blocks[0], "contrib/kfp/README.md", "exec"), namespace)  # noqa: S102 (our own docs)
+    run_blocks("contrib/kfp/README.md", namespace)  # every block, in order
     with open(namespace["path"]) as handle:
         assert set(yaml.safe_load(handle)["root"]["dag"]["tasks"]) == {"node1", "node2", "node3"}
     shutil.rmtree(os.path.dirname(namespace["path"]))

@@ -449,8 +449,8 @@ def test_generated_flow_loads_from_an_entrypoint_and_travels_by_cloudpickle(tmp_
 
 def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the example's storage folder goes here
-    readme = pathlib.Path(__file__).resolve().parents[1] / "contrib" / "prefect" / "README.md"
-    example = re.search(r"## Use\n\n```python\n(.*?)```", readme.read_text(), re.DOTALL).group(1)
-    exec(compile(example, "contrib/prefect/README.md", "exec"), {"__name__": "readme_example"})  # noqa: S102
+    from doc_examples import run_blocks
+
+    run_blocks("contrib/prefect/README.md", {"__name__": "readme_example"})  # every block, in order
     stored = functionfuse.storage.as_storage(str(tmp_path / "storage"))
     assert stored.list_tasks("operations") == ["node1", "node2", "node3"]

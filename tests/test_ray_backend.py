@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from ray_fixtures import DriverOnly, start_local_cluster, stop_local_cluster
@@ -268,18 +267,14 @@ def test_seed_page_ray_workflow(tmp_path):
     assert {"node1.ffr", "node2.ffr"} <= set(os.listdir(tmp_path / "storage" / "sums"))
 
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "backends-ray.md"
-
-
 def test_docs_backends_ray_md_runs_as_written(tmp_path, monkeypatch, capsys):
     """Every python block of docs/backends-ray.md, in order; each ``print(...)  # output`` shows what it prints."""
+    from doc_examples import run_blocks
+
     monkeypatch.chdir(tmp_path)
-    text = DOC.read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
-    assert len(blocks) >= 12
     namespace: dict = {"__name__": "docs_backends_ray"}  # not importable: Ray pickles its functions by value
-    for block in blocks:
-        exec(compile(block, "docs/backends-ray.md example", "exec"), namespace)  # noqa: S102 - the doc's own code
+    blocks = run_blocks("docs/backends-ray.md", namespace)  # every block, in order
+    assert len(blocks) >= 12
     printed = capsys.readouterr().out.splitlines()
     expected = [c.strip() for block in blocks for c in re.findall(r"^\s*print\(.*\)  # (.*)$", block, re.MULTILINE)]
     assert len(expected) >= 10
