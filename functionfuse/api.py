@@ -41,6 +41,8 @@ def run(
     plugins: Iterable[Any] = (),
     disable: Iterable[str] = (),
     trace: bool | str | None = None,
+    resume: str = "fingerprint",
+    rerun: str | None = None,
     **backend_options: Any,
 ) -> Any:
     """Run the workflow given by ``leaves`` on ``backend`` and return the leaf value(s).
@@ -48,6 +50,9 @@ def run(
     :param storage: a storage object, a ``storage_factory`` dict, or a path or fsspec URL.
     :param plugins: extra plugins (objects, modules or module names) for this run.
     :param disable: plugin names to block for this run.
+    :param resume: ``"fingerprint"`` (a stored result is reused only for the same call),
+        ``"name"`` (trust the name: unsafe, the original's rule) or ``"never"``.
+    :param rerun: a regex (full match) of node names to recompute, with everything downstream.
     :param backend_options: passed to the backend's constructor (``ray_init_args``, ...).
 
     >>> import functionfuse
@@ -58,7 +63,10 @@ def run(
     6
     """
     cls = backend_class(backend, plugins, disable)
-    wf = cls(*leaves, workflow_name=workflow_name, plugins=plugins, disable=disable, trace=trace, **backend_options)
+    wf = cls(*leaves, workflow_name=workflow_name, plugins=plugins, disable=disable, trace=trace, resume=resume,
+             **backend_options)
+    if rerun is not None:
+        wf.set_rerun(rerun)
     if storage is not None:
         wf.set_storage(storage)
     return wf.run()

@@ -39,17 +39,42 @@ __all__ = ["Workflow", "ResumePlan", "Run", "COMPUTE", "READ"]
 COMPUTE = "compute"
 
 
+#: how a run decides that a stored result still applies (``resume=``)
+RESUME_MODES = ("fingerprint", "name", "never")
+#: the fingerprint index of a stored workflow (meta key): code and argument parts of each node's fingerprint
+FINGERPRINT_INDEX = "fingerprints"
+
+
 class ResumePlan(NamedTuple):
     """What a run computes and what it reads back (:meth:`Workflow.resume_plan`)."""
 
-    #: names stored before the run
-    stored: set
+    #: names stored before the run (a dict: name -> the fingerprint stored with it, or ``None``)
+    stored: dict
     #: the nodes to compute; ``None``: every node (no storage)
     to_compute: set | None
     #: the stored nodes whose results the computed ones (or the leaves) need
     to_read: set
     #: hand the stored copy of a fresh result to the next nodes (``storage.always_read``)
     always_read: bool
+    #: node -> its fingerprint (``resume="fingerprint"`` with storage), else empty
+    fingerprints: dict = {}
+    #: node -> the stored name whose result applies to it (another name when the same call is stored there)
+    sources: dict = {}
+    #: node -> why it is computed again although a result is stored under its name
+    reasons: dict = {}
+    #: ``(node, source name)`` pairs, in order: stored results copied to the node's own name before
+    #: the run, because the run overwrites the name they are stored under
+    copies: tuple = ()
+
+
+class PlanEntry(NamedTuple):
+    """One node's fate in :meth:`Workflow.plan`."""
+
+    name: str
+    #: ``"compute"`` (nothing stored), ``"read back"``, ``"recompute"`` (stored, but it no longer
+    #: applies), or ``"stored"`` (stored and applies; not needed by this run)
+    fate: str
+    reason: str
 
 
 class Workflow:
@@ -81,6 +106,7 @@ class Workflow:
         trace: bool | str | None = None,
         record: bool | None = None,
         progress: Any = False,
+        resume: str = "fingerprint",
     ):
         from .manager import _check_plugin_args
 
@@ -96,6 +122,9 @@ class Workflow:
         self.progress = progress
         #: the record of the last run (a dict) when recording was on; see ``plugins_builtin.runrecord``
         self.run_record: dict | None = None
+        self.resume = check_resume(resume, where)
+        #: node names (a regex, full match) to recompute with everything downstream (``--rerun``)
+        self.rerun: str | None = None
 
     # -- plugins ------------------------------------------------------------
     @property
@@ -167,15 +196,139 @@ class Workflow:
     def resume_plan(self) -> ResumePlan:
         """Plan the run from one listing of the storage (not one existence check per node).
 
+        With ``resume="fingerprint"`` (the default) a stored result is read only when its
+        fingerprint matches the node call's (under the node's name, or under another name of
+        the workflow: shifted default names resume); ``"name"`` trusts the name alone (unsafe:
+        an edited script can get another node's result); ``"never"`` recomputes everything.
         Without storage every node is computed. Creates the workflow's folder in the storage.
         """
         storage = self.storage
         if storage is None:
-            return ResumePlan(set(), None, set(), False)
+            return ResumePlan({}, None, set(), False)
         storage.new_workflow(self.workflow_name)
-        stored = set(storage.list_tasks(self.workflow_name))
-        to_compute, to_read = graph.plan_resume(self.nodes, self.leaves, stored)
-        return ResumePlan(stored, to_compute, to_read, bool(getattr(storage, "always_read", False)))
+        stored = stored_fingerprints(storage, self.workflow_name)
+        mode = self.resume
+        fps: dict = {}
+        usable: dict = {}
+        reasons: dict = {}
+        rerun = self._rerun_nodes()
+        if mode == "fingerprint":
+            fps = self.fingerprints()
+            by_fp: dict = {}
+            for name, fp in stored.items():
+                if fp is not None:
+                    by_fp.setdefault(fp, name)
+            for node in self.nodes:
+                if node.kind == OBJECT or node in rerun:
+                    continue
+                fp = fps[node]
+                name = node.name
+                if name in stored and stored[name] == fp:
+                    usable[node] = name
+                elif fp in by_fp:
+                    usable[node] = by_fp[fp]
+        elif mode == "name":
+            for node in self.nodes:
+                if node.kind != OBJECT and node.name in stored and node not in rerun:
+                    usable[node] = node.name
+        while True:
+            to_compute, to_read = graph.plan_resume(self.nodes, self.leaves, usable)
+            copies = _alias_copies(to_compute, usable)
+            if copies is not None:
+                break
+            # aliases that would read a name this run overwrites, in a cycle: compute them instead
+            for node in [n for n, source in usable.items() if source != n.name]:
+                del usable[node]
+        if stored:
+            reasons = self._reasons(to_compute, stored, fps, usable, rerun)
+        return ResumePlan(stored, to_compute, to_read, bool(getattr(storage, "always_read", False)),
+                          fps, usable, reasons, copies)
+
+    def set_rerun(self, pattern: str | None) -> Workflow:
+        """Recompute the nodes whose names match ``pattern`` (a regex, full match) and everything downstream."""
+        if pattern is not None:
+            self.find_nodes(pattern)  # a bad pattern fails here, naming it
+        self.rerun = pattern
+        return self
+
+    def fingerprints(self) -> dict:
+        """Every node's fingerprint (:func:`functionfuse.fingerprint.fingerprint_nodes`), computed here."""
+        from .fingerprint import fingerprint_nodes
+
+        versions = {n: a["version"] for n, a in self.node_attrs.items() if a.get("version") is not None}
+        exclude = {n: a["fingerprint_exclude"] for n, a in self.node_attrs.items() if a.get("fingerprint_exclude")}
+        hook = self.plugins.live("ff_fingerprint")
+        self._fp_details: dict = {}
+        return fingerprint_nodes(self.nodes, versions or None, hook, exclude=exclude or None,
+                                 details=self._fp_details)
+
+    def _rerun_nodes(self) -> set:
+        """The nodes ``rerun`` matches and everything downstream of them."""
+        if not self.rerun:
+            return set()
+        found = set(self.find_nodes(self.rerun))
+        for node in self.nodes:  # run order: parents first
+            if node not in found and any(p in found for p in node.parents):
+                found.add(node)
+        return found
+
+    def _reasons(self, to_compute: set, stored: dict, fps: dict, usable: dict, rerun: set) -> dict:
+        """Why each node computed again although its name is stored."""
+        index = read_fingerprint_index(self.storage, self.workflow_name) if fps else {}
+        details = getattr(self, "_fp_details", {})
+        manifests = index.get("manifests", {})
+        entries = index.get("nodes", {})
+        reasons: dict = {}
+        recomputed: set = set()
+        for node in self.nodes:
+            if node not in to_compute:
+                continue
+            name = node.name
+            if node.kind == OBJECT:
+                recomputed.add(node)
+                continue
+            if name not in stored:
+                continue
+            recomputed.add(node)
+            if node in rerun:
+                why = "asked to rerun (--rerun)" if node in set(self.find_nodes(self.rerun)) else \
+                    "downstream of a node asked to rerun"
+            elif self.resume == "never":
+                why = 'resume="never"'
+            elif node in usable:
+                why = f"replayed: stateful object {node.obj.name!r} is rebuilt" if node.kind == METHOD else \
+                    "needed again"
+            elif stored[name] is None:
+                why = "no fingerprint"
+            else:
+                why = _what_changed(node, details.get(node), entries.get(name), manifests, recomputed)
+            reasons[node] = why
+        return reasons
+
+    def plan(self) -> list[PlanEntry]:
+        """Each node's fate in a run now (compute / read back / recompute / stored), and why; runs nothing.
+
+        >>> for entry in wf.plan():  # doctest: +SKIP
+        ...     print(entry.name, entry.fate, entry.reason)
+        """
+        plan = self.resume_plan()
+        entries = []
+        for node in self.nodes:
+            if plan.to_compute is None or node in plan.to_compute:
+                reason = plan.reasons.get(node)
+                if reason is None:
+                    entries.append(PlanEntry(node.name, "compute", "not stored" if self.storage else "no storage"))
+                else:
+                    entries.append(PlanEntry(node.name, "recompute", reason))
+            elif node in plan.to_read:
+                source = plan.sources.get(node, node.name)
+                why = "stored, same call" if source == node.name else f"the same call is stored as {source!r}"
+                entries.append(PlanEntry(node.name, "read back", why))
+            elif node.kind == OBJECT:
+                entries.append(PlanEntry(node.name, "stored", "not rebuilt: every call on it applies as stored"))
+            else:
+                entries.append(PlanEntry(node.name, "stored", "stored, same call; not needed by this run"))
+        return entries
 
     def check_unique_names(self) -> None:
         """Refuse two nodes with one name in a stored workflow."""
@@ -288,6 +441,8 @@ class Run:
         self.prepares_every_node = self._prepare is not None
         self.plan: ResumePlan | None = None
         self.error: BaseException | None = None
+        #: the storage keeps fingerprints with its results (``save(..., fingerprint=)``)
+        self.keeps_fingerprints = bool(getattr(storage, "keeps_fingerprints", False))
         self._policy_calls: dict = {}  # node -> its NodeCall, for nodes with retries or a time limit
         execute = host.live("ff_execute_node") is not None
         save = host.live("ff_storage_save") is not None
@@ -312,7 +467,10 @@ class Run:
         error: BaseException | None = None
         try:
             host.call("ff_before_run", None, context=self.context)
-            return self.workflow._leaf_result(submit_and_collect(self, **options))
+            result = self.workflow._leaf_result(submit_and_collect(self, **options))
+            if self.plan is not None and self.plan.fingerprints:
+                write_fingerprint_index(self.workflow, self.plan, complete=True)
+            return result
         except BaseException as exc:
             error = self.error or exc
             if error is not exc:
@@ -320,6 +478,11 @@ class Run:
                 raise error from error.__cause__
             raise
         finally:
+            if error is not None and self.plan is not None and self.plan.fingerprints:
+                try:
+                    write_fingerprint_index(self.workflow, self.plan, complete=False)
+                except BaseException as late:  # noqa: BLE001 - the node's error wins
+                    _attach(error, late, "saving the fingerprint index")
             try:
                 host.call("ff_after_run", None, context=self.context, error=error)
             except BaseException as late:
@@ -337,6 +500,8 @@ class Run:
         for the nodes read back).
         """
         plan = self.resume()
+        if plan.copies:
+            self._copy_aliases(plan)
         to_compute, to_read = plan.to_compute, plan.to_read
         restored = self.node_restored
         context = self.context
@@ -357,13 +522,29 @@ class Run:
         """The run's :class:`ResumePlan`, made once (from one listing of the storage)."""
         plan = self.plan
         if plan is None:
-            plan = self.plan = self.workflow.resume_plan()
+            plan = self.plan = self.context.plan = self.workflow.resume_plan()
         return plan
 
+    def _copy_aliases(self, plan: ResumePlan) -> None:
+        """Copy stored results to the names of the nodes they apply to, before this run overwrites them."""
+        storage = self.workflow.storage
+        workflow_name = self.workflow.workflow_name
+        for node, source in plan.copies:
+            value = storage.read_task(workflow_name, source)
+            fp = plan.fingerprints.get(node)
+            if self.keeps_fingerprints:
+                storage.save(workflow_name, node.name, value, fingerprint=fp, replaces=plan.stored.get(node.name))
+            else:
+                storage.save(workflow_name, node.name, value)
+            plan.sources[node] = node.name
+            plan.stored[node.name] = fp
+
     def saves(self, node: Node) -> bool:
-        """Whether ``node``'s result is saved when it is computed."""
-        plan = self.plan
-        return self.workflow.storage is not None and node.kind != OBJECT and node.name not in plan.stored
+        """Whether ``node``'s result is saved when it is computed (a stale stored result is overwritten)."""
+        if self.workflow.storage is None or node.kind == OBJECT:
+            return False
+        # a replayed call whose stored result still applies under its name is not written again
+        return self.plan.sources.get(node) != node.name
 
     def prepare(self, node: Node) -> list:
         """The worker callables of ``node``'s plugins (their local parts run now, in the driver)."""
@@ -386,7 +567,8 @@ class Run:
         workflow = self.workflow
         storage = workflow.storage
         if mode == READ:
-            return NodeCall(node.name, workflow.workflow_name, READ, None, None, (), storage, False,
+            source = self.plan.sources.get(node, node.name)
+            return NodeCall(source, workflow.workflow_name, READ, None, None, (), storage, False,
                             self.worker_hooks, node), []
         kind = node.kind
         callables = self.prepare(node)
@@ -399,6 +581,9 @@ class Run:
         mode = CALL if kind == CALL else METHOD if kind == METHOD else OBJECT
         call = NodeCall(node.name, workflow.workflow_name, mode, func, template, callables, save,
                         save is not None and self.plan.always_read, self.worker_hooks, node)
+        if save is not None and self.keeps_fingerprints:
+            call.fingerprint = self.plan.fingerprints.get(node)
+            call.replaces = self.plan.stored.get(node.name)
         attrs = workflow.node_attrs.get(node) if workflow.node_attrs else None
         if attrs is not None:
             retries = attrs.get("retries")
@@ -500,3 +685,148 @@ def bind_storage(storage: Any, host: PluginHost) -> None:
 
 
 _now = time.time
+
+
+def check_resume(resume: Any, where: str) -> str:
+    """Refuse a ``resume=`` that is not one of :data:`RESUME_MODES`."""
+    if resume not in RESUME_MODES:
+        from .errors import InvalidOptionError
+
+        raise InvalidOptionError(f"{where}: resume must be one of {', '.join(map(repr, RESUME_MODES))}, got {resume!r}")
+    return resume
+
+
+def stored_fingerprints(storage: Any, workflow_name: str) -> dict:
+    """Every stored task name of the workflow -> the fingerprint stored with it (``None``: none).
+
+    One listing: a storage that keeps fingerprints with its results answers
+    ``list_fingerprints``; for any other storage the fingerprint index the
+    driver writes after each run stands in.
+    """
+    lister = getattr(storage, "list_fingerprints", None)
+    if lister is not None:
+        return lister(workflow_name)
+    names = storage.list_tasks(workflow_name)
+    index = read_fingerprint_index(storage, workflow_name).get("nodes", {})
+    return {name: (index.get(name) or {}).get("fp") for name in names}
+
+
+def read_fingerprint_index(storage: Any, workflow_name: str) -> dict:
+    """The fingerprint index of a stored workflow: ``{"nodes": {name: {...}}, "manifests": {...}}``."""
+    import json
+
+    reader = getattr(storage, "read_meta", None)
+    if reader is None:
+        return {}
+    try:
+        data = reader(workflow_name, FINGERPRINT_INDEX)
+    except Exception:  # noqa: BLE001 - an unreadable index only loses the reasons: results are checked by fingerprint
+        return {}
+    if not data:
+        return {}
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {}
+
+
+def write_fingerprint_index(workflow: Workflow, plan: ResumePlan, complete: bool) -> None:
+    """Keep what each node's fingerprint was made of, so a later mismatch can say what changed.
+
+    :param complete: the run succeeded, so every node's result now matches its fingerprint;
+        after a failure only the nodes whose stored result already applied are recorded.
+    """
+    import json
+
+    storage = workflow.storage
+    if storage is None or not plan.fingerprints or getattr(storage, "save_meta", None) is None:
+        return
+    from .fingerprint import code_manifest
+
+    old = read_fingerprint_index(storage, workflow.workflow_name)
+    nodes = dict(old.get("nodes", {}))
+    manifests = dict(old.get("manifests", {}))
+    details = getattr(workflow, "_fp_details", {})
+    for node, fp in plan.fingerprints.items():
+        if node.kind == OBJECT or not complete and plan.sources.get(node) != node.name:
+            continue
+        code_fp, args_fp = details.get(node, (None, None))
+        nodes[node.name] = {"fp": fp, "code": code_fp, "args": args_fp}
+        if code_fp is not None and code_fp not in manifests:
+            try:
+                manifests[code_fp] = code_manifest(node.func)
+            except Exception:  # noqa: BLE001 - a manifest only serves the reasons
+                manifests[code_fp] = {}
+    index = {"nodes": nodes, "manifests": manifests}
+    if index != old:
+        storage.save_meta(workflow.workflow_name, FINGERPRINT_INDEX, json.dumps(index, separators=(",", ":")).encode())
+
+
+def _what_changed(node: Node, now: tuple | None, before: dict | None, manifests: dict, recomputed: set) -> str:
+    """Why ``node``'s fingerprint differs from the stored one, in a phrase."""
+    if before is None or now is None:
+        return "fingerprint changed"
+    code_fp, args_fp = now
+    if before.get("code") != code_fp:
+        from .fingerprint import code_manifest, describe_code_change
+
+        old = manifests.get(before.get("code"))
+        if old:
+            try:
+                return describe_code_change(old, code_manifest(node.func))
+            except Exception:  # noqa: BLE001
+                pass
+        return "code changed"
+    changed = [p.name for p in node.parents if p in recomputed]
+    if changed:  # a parent's fingerprint is part of the arguments' (where it stands in them)
+        return "parent recomputed" if len(changed) == 1 else "parents recomputed"
+    if before.get("args") != args_fp:
+        return "argument changed"
+    return "version changed"
+
+
+def _alias_copies(to_compute: set, usable: dict) -> tuple | None:
+    """The copies that keep aliases right when this run overwrites their source names, in a safe order.
+
+    A node whose result is stored under another name ``S`` can read ``S`` directly unless this
+    run writes ``S`` (a node named ``S`` is computed, or another copy lands on ``S``); then the
+    result is first copied to the node's own name. A copy onto ``S`` must come after every copy
+    from ``S``. ``None`` when the copies form a cycle.
+    """
+    written = {node.name for node in to_compute if node.kind != OBJECT}
+    aliases = {node: source for node, source in usable.items() if source != node.name and node not in to_compute}
+    needed: dict = {}
+    changed = True
+    while changed:
+        changed = False
+        for node, source in aliases.items():
+            if node not in needed and source in written:
+                needed[node] = source
+                written.add(node.name)
+                changed = True
+    if not needed:
+        return ()
+    # order: a copy from S before the copy onto S
+    by_target = {node.name: node for node in needed}
+    order: list = []
+    state: dict = {}
+    for start in needed:
+        stack = [start]
+        while stack:
+            node = stack[-1]
+            if state.get(node) == 2:
+                stack.pop()
+                continue
+            state[node] = 1
+            # copies reading this node's name must run first
+            pending = [other for other, source in needed.items() if source == node.name and state.get(other) != 2]
+            if any(state.get(other) == 1 for other in pending):
+                return None
+            if pending:
+                stack.extend(pending)
+                continue
+            state[node] = 2
+            order.append((node, needed[node]))
+            stack.pop()
+    del by_target
+    return tuple(order)

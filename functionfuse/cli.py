@@ -42,6 +42,10 @@ def load_nodes(spec: str, extra_vars: Sequence[str] = ()) -> list:
         raise UsageError(f"expected SCRIPT.py:VARIABLE, got {spec!r}")
     if not os.path.isfile(script):
         raise UsageError(f"script {script!r} does not exist")
+    # as `python SCRIPT.py` does: the script's folder first on the path, so its own modules import
+    folder = os.path.dirname(os.path.abspath(script))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
     namespace = runpy.run_path(script, run_name="__functionfuse__")
     nodes = []
     for name in (first, *extra_vars):
@@ -85,10 +89,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         disable=args.disable or (),
         trace=(os.environ.get("FUNCTIONFUSE_TRACE") or True) if args.trace else None,
         progress=bool(progress),
+        resume=args.resume,
+        rerun=args.rerun,
     )
     values = result if len(nodes) > 1 else [result]
     for node, value in zip(nodes, values):
         print(f"{node.name}: {value!r}")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .api import backend_class
+
+    nodes = load_nodes(args.target, args.more)
+    wf = backend_class("local")(*nodes, workflow_name=args.workflow_name, resume=args.resume)
+    wf.set_storage(_storage(args.storage)).set_rerun(args.rerun)
+    entries = wf.plan()
+    width = max(len(e.name) for e in entries)
+    for entry in entries:
+        print(f"{entry.name:<{width}}  {entry.fate:<9}  {entry.reason}")
+    fates = [e.fate for e in entries]
+    print(", ".join(f"{fate} {fates.count(fate)}" for fate in ("compute", "read back", "recompute", "stored")))
     return 0
 
 
@@ -158,7 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", action="store_true", help="log every hook call (FUNCTIONFUSE_TRACE=1)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None, help="show a progress bar")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="never show a progress bar")
+    p.add_argument("--rerun", metavar="PATTERN", help="recompute nodes matching PATTERN (regex) and all downstream")
+    p.add_argument("--resume", choices=("fingerprint", "name", "never"), default="fingerprint",
+                   help="reuse a stored result only for the same call (default), trust names (unsafe), or never")
     p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("plan", help="show, without running, what a run would compute, read back or recompute, and why")
+    p.add_argument("target", metavar="SCRIPT.py:VAR", help="script and the variable holding a leaf node")
+    p.add_argument("more", nargs="*", metavar="VAR", help="further leaf variables of the same script")
+    p.add_argument("--storage", required=True, help="storage folder, fsspec URL, or storage_factory JSON")
+    p.add_argument("--workflow-name", default="workflow", help="name results are stored under")
+    p.add_argument("--rerun", metavar="PATTERN", help="as for run")
+    p.add_argument("--resume", choices=("fingerprint", "name", "never"), default="fingerprint")
+    p.set_defaults(handler=_cmd_plan)
 
     p = sub.add_parser("plugins", help="list registered plugins and the hooks they implement")
     p.add_argument("--plugin", action="append", metavar="MODULE")

@@ -33,6 +33,8 @@ class RunContext:
     leaves: tuple
     pm: Any
     plugins: Any = None
+    #: the run's :class:`functionfuse.base.ResumePlan` once it is made (``plan.reasons``: why nodes recompute)
+    plan: Any = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: dict = field(default_factory=dict)
 

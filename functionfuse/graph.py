@@ -89,12 +89,20 @@ def consumers_count(order: list[Node]) -> dict[Node, int]:
     return counts
 
 
-def plan_resume(order: list[Node], leaves: tuple, stored: set[str]) -> tuple[set[Node], set[Node]]:
-    """Which nodes to compute and which stored results to read, given the stored names.
+def plan_resume(
+    order: list[Node], leaves: tuple, usable: dict[Node, str] | set
+) -> tuple[set[Node], set[Node]]:
+    """Which nodes to compute and which stored results to read.
+
+    :param usable: the nodes whose stored result may be used (a set, or a dict node -> the name
+        it is stored under). Everything else is computed.
 
     A stateful object's calls change its state, so when any call of an
-    object is not stored, the object is rebuilt and its calls replayed up to
-    the last one that is not stored; later calls are read back.
+    object is not usable, the object is rebuilt and its calls replayed up to
+    the last one that is not usable; later calls are read back. A plain
+    function that takes the object as a value and is computed needs the
+    object as it was when the function was created: the object is rebuilt
+    and every call made before that function replayed.
 
     :returns: ``(to_compute, to_read)``.
     """
@@ -103,32 +111,50 @@ def plan_resume(order: list[Node], leaves: tuple, stored: set[str]) -> tuple[set
     for node in order:
         kind = node.kind
         if kind == "call":
-            if node.name not in stored:
+            if node not in usable:
                 to_compute.add(node)
         elif kind == "object":
             chains.setdefault(node, [])
         else:
             chains.setdefault(node.obj, []).append(node)
+    replayed: dict[ObjectNode, int] = {}  # object -> index of the last call replayed
 
     def replay(obj: ObjectNode, upto: int) -> None:
+        if replayed.get(obj, -2) >= upto:
+            return
+        replayed[obj] = upto
         to_compute.add(obj)
         to_compute.update(chains[obj][: upto + 1])
 
     for obj, calls in chains.items():
         last = -1
         for index, call in enumerate(calls):
-            if call.name not in stored:
+            if call not in usable:
                 last = index
         if last >= 0:
             replay(obj, last)
     while True:
         needed = set(leaves)
+        wanted: list[tuple[ObjectNode, Node]] = []
         for node in to_compute:
-            needed.update(node.parents)
-        # An object handed to a plain function must exist: rebuild it with its whole chain.
-        missing = [n for n in needed if n.kind == "object" and n not in to_compute]
-        if not missing:
+            for parent in node.parents:
+                needed.add(parent)
+                if parent.kind == "object" and node.kind != "method":
+                    wanted.append((parent, node))
+        for leaf in leaves:
+            if leaf.kind == "object":
+                wanted.append((leaf, None))
+        changed = False
+        for obj, consumer in wanted:
+            calls = chains[obj]
+            # the calls made before the consumer was created (a leaf object: all of them)
+            upto = len(calls) - 1 if consumer is None else sum(1 for c in calls if c.seq < consumer.seq) - 1
+            if obj not in to_compute or replayed.get(obj, -2) < upto:
+                before = len(to_compute)
+                replay(obj, max(upto, replayed.get(obj, -1)))
+                if obj not in replayed:
+                    replayed[obj] = -1
+                changed = changed or len(to_compute) != before
+        if not changed:
             break
-        for obj in missing:
-            replay(obj, len(chains[obj]) - 1)
     return to_compute, needed - to_compute

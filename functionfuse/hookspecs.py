@@ -177,7 +177,10 @@ def ff_node_error(node: Node, error: BaseException, context: RunContext, info: d
 
 
 @hookspec(firstresult=True)
-def ff_storage_save(storage: Storage, workflow_name: str, task_name: str, obj: Any, context: RunContext) -> Any:
+def ff_storage_save(
+    storage: Storage, workflow_name: str, task_name: str, obj: Any, context: RunContext,
+    fingerprint: str | None, replaces: str | None,
+) -> Any:
     """Save a node's result; the built-in ``trylast`` implementation calls ``storage.save``.
 
     firstresult: stops at the first non-None result. Wrappers see every save, on
@@ -188,6 +191,9 @@ def ff_storage_save(storage: Storage, workflow_name: str, task_name: str, obj: A
     :param task_name: the node's name (its storage key).
     :param obj: the value to save.
     :param context: the run's context.
+    :param fingerprint: the node call's fingerprint to keep with the result (``None``: none;
+        pass it on as ``storage.save(..., fingerprint=..., replaces=...)``).
+    :param replaces: the fingerprint stored under this name before, or ``None``.
     """
 
 

@@ -267,10 +267,10 @@ class PluginHost:
         return self.call("ff_execute_node", node, node=node, args=args, kwargs=kwargs, context=context)
 
     def storage_save(self, storage: Any, workflow_name: str, task_name: str, obj: Any, context: Any,
-                     node: Any = None) -> Any:
-        """``ff_storage_save``: write a node's result."""
+                     node: Any = None, fingerprint: str | None = None, replaces: str | None = None) -> Any:
+        """``ff_storage_save``: write a node's result (with its fingerprint, when the storage keeps them)."""
         return self.call("ff_storage_save", node or task_name, storage=storage, workflow_name=workflow_name,
-                         task_name=task_name, obj=obj, context=context)
+                         task_name=task_name, obj=obj, context=context, fingerprint=fingerprint, replaces=replaces)
 
     def storage_read(self, storage: Any, workflow_name: str, task_name: str, context: Any, node: Any = None) -> Any:
         """``ff_storage_read``: read a stored result."""

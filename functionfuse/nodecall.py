@@ -218,7 +218,7 @@ class NodeCall:
     """
 
     __slots__ = ("name", "workflow_name", "mode", "func", "template", "callables", "storage", "always_read",
-                 "hooks", "node", "fingerprint", "retries", "timeout", "attempts")
+                 "hooks", "node", "fingerprint", "retries", "timeout", "attempts", "replaces")
 
     def __init__(self, name: str, workflow_name: str, mode: str, func: Any, template: Any, callables: Any = (),
                  storage: Any = None, always_read: bool = False, hooks: WorkerHooks | None = None,
@@ -238,6 +238,8 @@ class NodeCall:
         self.hooks = hooks
         self.node = node
         self.fingerprint = fingerprint
+        #: the fingerprint stored under this name before (its marker is replaced), or ``None``
+        self.replaces: str | None = None
 
     @property
     def kind(self) -> str:
@@ -246,11 +248,11 @@ class NodeCall:
 
     def __getstate__(self) -> tuple:
         return (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
-                self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout)
+                self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout, self.replaces)
 
     def __setstate__(self, state: tuple) -> None:
         (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
-         self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout) = state
+         self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout, self.replaces) = state
         self.node = None
         self.attempts = None
 
@@ -368,7 +370,9 @@ def _save(call: NodeCall, value: Any) -> None:
     storage = call.storage
     if hooks is not None and hooks.save:
         hooks.host().storage_save(storage, call.workflow_name, call.name, value, hooks.context,
-                                  node=call.node or call)
+                                  node=call.node or call, fingerprint=call.fingerprint, replaces=call.replaces)
+    elif call.fingerprint is not None:
+        storage.save(call.workflow_name, call.name, value, fingerprint=call.fingerprint, replaces=call.replaces)
     else:
         storage.save(call.workflow_name, call.name, value)
 

@@ -89,6 +89,17 @@ class Query:
 
         return self.set("timeout", check_timeout(seconds))
 
+    def set_version(self, version: str) -> Query:
+        """A manual version, part of each node's fingerprint: bump it for what code cannot see.
+
+        >>> wf.query("^load$").set_version("2")  # the input file changed: recompute load and what follows  # doctest: +SKIP
+        """
+        return self.set("version", str(version))
+
+    def set_fingerprint_exclude(self, names: list) -> Query:
+        """Leave the arguments called ``names`` out of the nodes' fingerprints (a logger, a client)."""
+        return self.set("fingerprint_exclude", list(names))
+
     def __getattr__(self, attr: str):
         # set_<anything> reaches plugins that accept keys of their own.
         if attr.startswith("set_"):

@@ -19,8 +19,12 @@ def ff_execute_node(node: Any, args: tuple, kwargs: dict) -> Any:
 
 @hookimpl(trylast=True)
 @builtin
-def ff_storage_save(storage: Any, workflow_name: str, task_name: str, obj: Any) -> bool:
-    storage.save(workflow_name, task_name, obj)
+def ff_storage_save(storage: Any, workflow_name: str, task_name: str, obj: Any, fingerprint: Any,
+                    replaces: Any) -> bool:
+    if fingerprint is not None:
+        storage.save(workflow_name, task_name, obj, fingerprint=fingerprint, replaces=replaces)
+    else:
+        storage.save(workflow_name, task_name, obj)
     return True
 
 
@@ -49,6 +53,21 @@ def ff_query_assign(key: str, value: Any, backend: Any) -> bool:
             RetryPolicy.of(value)
         else:
             check_timeout(value)
+        return True
+    if key == "version":
+        # a manual version, part of the fingerprint, for what code cannot see (an input file changed)
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            from functionfuse.errors import InvalidOptionError
+
+            raise InvalidOptionError(f"set_version: a version is a string (or an int), got {value!r:.60}")
+        return True
+    if key == "fingerprint_exclude":
+        if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+            from functionfuse.errors import InvalidOptionError
+
+            raise InvalidOptionError(
+                f"set_fingerprint_exclude: give a list of argument names, got {value!r:.60}"
+            )
         return True
     # Keys a backend declares itself; values are validated by the plugin owning the key.
     return key in getattr(backend, "query_keys", ())

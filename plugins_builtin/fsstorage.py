@@ -159,6 +159,8 @@ class FileStorage(Storage):
         self._deadline = {"timeout": timeout} if timeout and getattr(fs, "async_impl", False) else {}
         self._made: set[str] = set()
         self._used_serializers: dict = {}
+        #: runs whose records ``plugins_builtin.runrecord`` keeps per workflow (None: its default, 20)
+        self.keep_runs: int | None = None
 
     def __repr__(self) -> str:
         return f"<FileStorage kind={self.kind!r} root={self.root!r}>"
@@ -753,8 +755,8 @@ _OBJECT_STORES = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"})
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex, list, tuple, dict, set, frozenset})
 
-FILE_OPTIONS = ("path", "storage_options", "timeout")
-S3_OPTIONS = ("path", "s3fs", "check", "timeout")
+FILE_OPTIONS = ("path", "storage_options", "timeout", "keep_runs")
+S3_OPTIONS = ("path", "s3fs", "check", "timeout", "keep_runs")
 
 
 def _timeout_option(kind: str, options: dict) -> float:
@@ -765,15 +767,26 @@ def _timeout_option(kind: str, options: dict) -> float:
     return float(timeout)
 
 
+def _keep_runs_option(kind: str, options: dict, storage: FileStorage) -> FileStorage:
+    """``keep_runs``: how many runs' records (``plugins_builtin.runrecord``) the storage keeps per workflow."""
+    keep = options.get("keep_runs", None)
+    if keep is not None:
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise InvalidOptionError(f'storage kind "{kind}": the option "keep_runs" must be an integer >= 1, got {keep!r}')
+        storage.keep_runs = keep
+    return storage
+
+
 def file_storage(options: dict) -> FileStorage:
-    """The ``file`` kind: ``{"path": folder or fsspec URL, "storage_options": {...}, "timeout": seconds}``."""
+    """The ``file`` kind: ``{"path": folder or URL, "storage_options": {...}, "timeout": seconds, "keep_runs": 20}``."""
     check_option_keys("file", options, FILE_OPTIONS)
     path = check_path_option("file", options)
     storage_options = options.get("storage_options")
     if storage_options is not None and not isinstance(storage_options, dict):
         raise InvalidOptionError('storage kind "file": the option "storage_options" must be a dict of '
                                  f"fsspec filesystem arguments, got {type(storage_options).__name__}")
-    return FileStorage(path, storage_options=storage_options, timeout=_timeout_option("file", options))
+    storage = FileStorage(path, storage_options=storage_options, timeout=_timeout_option("file", options))
+    return _keep_runs_option("file", options, storage)
 
 
 def s3_storage(options: dict) -> FileStorage:
@@ -813,7 +826,7 @@ def s3_storage(options: dict) -> FileStorage:
     except TypeError as exc:
         raise InvalidOptionError(f'storage kind "S3": bad "s3fs" options: {exc}') from exc
     fs.retries = 2  # s3fs' own retry loop (5 by default) multiplies botocore's attempts
-    storage = FileStorage(path, fs=fs, kind="S3", timeout=timeout)
+    storage = _keep_runs_option("S3", options, FileStorage(path, fs=fs, kind="S3", timeout=timeout))
     if options.get("check", True):
         _check_bucket(fs_options, path.strip("/").split("/", 1)[0], storage.describe())
     return storage

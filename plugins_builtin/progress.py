@@ -95,6 +95,10 @@ class ProgressPlugin:
         elif error is None:
             progress.update(state["task"], last="done")
         progress.stop()
+        record = context.state.get("runrecord")
+        summary = record.get("summary") if isinstance(record, dict) else None
+        if error is None and summary and record.get("recomputed"):
+            progress.console.print(summary)  # which nodes were computed again, and why
 
     def __repr__(self) -> str:
         return f"<ProgressPlugin force={self.force}>"

@@ -4,8 +4,13 @@ For every node the record keeps its outcome (``computed``, ``stored`` = read
 back from storage, ``failed``, ``not reached``), start time, duration, the
 worker and host that ran it (from the ``info`` dict the backend passes) and
 the error text. With storage set it is saved as workflow metadata:
-``runrecord-<timestamp>-<run_id>.json`` plus ``runrecord-latest.json``, and
-read back with :func:`read_run_record` / :func:`list_run_records`.
+``runrecord-<timestamp>-<run_id>.json`` (gzip-compressed JSON, one column per
+field; the node names, kinds and qualnames in a ``runnodes-<digest>.json.gz``
+table shared by every run of the same graph), ``runrecord-latest.json``
+naming the latest one, and read back with :func:`read_run_record` /
+:func:`list_run_records`. Only the last ``keep_runs`` runs are kept (the
+storage option ``keep_runs``, 20 by default): a no-op re-run of a large graph
+adds a few hundred bytes, not a copy of its node table.
 
 This module is not in ``DEFAULT_PLUGINS``: :meth:`functionfuse.workflow.Workflow.new_run`
 adds it when storage is set or ``record=True``, so a run without storage
@@ -19,6 +24,8 @@ pays nothing per node. Block it with ``disable=["plugins_builtin.runrecord"]``.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 import time
 from typing import Any
@@ -32,7 +39,11 @@ __all__ = [
     "NOT_REACHED",
     "OUTCOMES",
     "STORED",
+    "DEFAULT_KEEP_RUNS",
+    "encode_record",
     "list_run_records",
+    "prune_records",
+    "save_record",
     "read_run_record",
     "record_key",
 ]
@@ -47,7 +58,7 @@ OUTCOMES = (COMPUTED, STORED, FAILED, NOT_REACHED)
 LATEST_KEY = "runrecord-latest.json"
 _PREFIX = "runrecord-"
 _STATE_KEY = "runrecord"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: compact (gzip, columns, a shared node table); 1 is still read
 
 
 def record_key(record: dict) -> str:
@@ -122,7 +133,7 @@ def ff_node_error(node: Any, error: BaseException, context: Any, info: dict) -> 
         entry["error"] = f"{type(error).__name__}: {error}"
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # before the progress bar, which shows the record's summary
 def ff_after_run(context: Any, error: BaseException | None) -> None:
     record = context.state.get(_STATE_KEY)
     if record is None:
@@ -136,6 +147,12 @@ def ff_after_run(context: Any, error: BaseException | None) -> None:
     for entry in record["nodes"].values():
         counts[entry["outcome"]] += 1
     record["counts"] = counts
+    plan = getattr(context, "plan", None)
+    reasons = getattr(plan, "reasons", None)
+    if reasons:
+        record["recomputed"] = {node.name: why for node, why in reasons.items()
+                                if record["nodes"].get(node.name, {}).get("outcome") == COMPUTED}
+    record["summary"] = summary(record)
     backend = context.backend
     try:
         backend.run_record = record
@@ -143,9 +160,111 @@ def ff_after_run(context: Any, error: BaseException | None) -> None:
         pass
     storage = context.storage
     if storage is not None and hasattr(storage, "save_meta"):
-        data = json.dumps(record, indent=1, default=str).encode("utf-8")
-        storage.save_meta(context.workflow_name, record_key(record), data)
-        storage.save_meta(context.workflow_name, LATEST_KEY, data)
+        save_record(storage, context.workflow_name, record)
+
+
+def summary(record: dict) -> str:
+    """One line: ``computed 3, read back 5, recomputed 2 (scale_0000: code of helper 'factor' changed; ...)``."""
+    counts = record.get("counts") or {}
+    recomputed = record.get("recomputed") or {}
+    computed = counts.get(COMPUTED, 0) - len(recomputed)
+    text = f"computed {computed}, read back {counts.get(STORED, 0)}, recomputed {len(recomputed)}"
+    if recomputed:
+        shown = list(recomputed.items())[:10]
+        text += " (" + "; ".join(f"{name}: {why}" for name, why in shown)
+        text += f"; and {len(recomputed) - 10} more)" if len(recomputed) > 10 else ")"
+    if counts.get(FAILED):
+        text += f", failed {counts[FAILED]}"
+    return text
+
+
+# ---------------------------------------------------------------------------
+# saving records compactly, keeping the last ``keep_runs``
+# ---------------------------------------------------------------------------
+
+#: runs whose records a storage keeps when it sets no ``keep_runs`` of its own
+DEFAULT_KEEP_RUNS = 20
+_TABLE_PREFIX = "runnodes-"
+_GZIP_MAGIC = b"\x1f\x8b"
+# What is the same in every run of one graph goes to a node table written once;
+# a record holds only the columns that change from run to run.
+_TABLE_FIELDS = ("kind", "qualname")
+
+
+def _compress(obj: Any) -> bytes:
+    return gzip.compress(json.dumps(obj, separators=(",", ":"), default=str).encode("utf-8"), 6, mtime=0)
+
+
+def encode_record(record: dict) -> tuple[bytes, str, bytes]:
+    """A record as stored: ``(record bytes, node table key, node table bytes)``.
+
+    The record is gzip-compressed compact JSON holding one column per node field
+    (outcomes, starts, durations, ...); the node names, kinds and qualnames are in
+    a table shared by every run of the same graph, saved once under its digest.
+    """
+    nodes = record["nodes"]
+    entries = list(nodes.values())
+    table = {"names": list(nodes), **{field: [entry.get(field) for entry in entries] for field in _TABLE_FIELDS}}
+    table_bytes = _compress(table)
+    table_key = f"{_TABLE_PREFIX}{hashlib.sha256(table_bytes).hexdigest()[:24]}.json.gz"
+    fields = sorted({field for entry in entries for field in entry} - set(_TABLE_FIELDS))
+    columns = {field: [entry.get(field) for entry in entries] for field in fields}
+    body = {key: value for key, value in record.items() if key != "nodes"}
+    body.update(version=FORMAT_VERSION, table=table_key, columns=columns)
+    return _compress(body), table_key, table_bytes
+
+
+def save_record(storage: Any, workflow_name: str, record: dict, keep_runs: int | None = None) -> str:
+    """Save ``record`` (compactly), point ``runrecord-latest.json`` at it, and remove the records
+    of all but the last ``keep_runs`` runs (the storage's ``keep_runs``, else 20). Returns its key."""
+    data, table_key, table_bytes = encode_record(record)
+    if storage.read_meta(workflow_name, table_key) is None:
+        storage.save_meta(workflow_name, table_key, table_bytes)
+    key = record_key(record)
+    storage.save_meta(workflow_name, key, data)
+    storage.save_meta(workflow_name, LATEST_KEY, json.dumps({"latest": key}).encode("utf-8"))
+    if keep_runs is None:
+        keep_runs = getattr(storage, "keep_runs", None) or DEFAULT_KEEP_RUNS
+    prune_records(storage, workflow_name, keep_runs)
+    return key
+
+
+def prune_records(storage: Any, workflow_name: str, keep_runs: int) -> list[str]:
+    """Remove the records of all but the newest ``keep_runs`` runs, and node tables no kept record uses."""
+    remover = getattr(storage, "remove_meta", None)
+    if remover is None:  # a storage that cannot remove metadata keeps every record
+        return []
+    keys = sorted(_record_keys(storage, workflow_name))  # the UTC timestamp in the key sorts chronologically
+    removed = keys[: max(len(keys) - max(int(keep_runs), 1), 0)]
+    if not removed:
+        return []
+    for key in removed:
+        remover(workflow_name, key)
+    used = set()
+    for key in keys[len(removed):]:
+        used.add(_header(storage.read_meta(workflow_name, key) or b"", workflow_name, key).get("table"))
+    for table_key in storage.list_meta(workflow_name, f"{_TABLE_PREFIX}*"):
+        if table_key not in used:
+            remover(workflow_name, table_key)
+            removed.append(table_key)
+    return removed
+
+
+def _record_keys(storage: Any, workflow_name: str) -> list[str]:
+    return [k for k in storage.list_meta(workflow_name, f"{_PREFIX}*.json") if k != LATEST_KEY]
+
+
+def _header(data: bytes, workflow_name: str, key: str) -> dict:
+    """A stored record as JSON, not yet joined with its node table."""
+    try:
+        if data[:2] == _GZIP_MAGIC:
+            data = gzip.decompress(data)
+        record = json.loads(data.decode("utf-8"))
+    except (OSError, EOFError, UnicodeDecodeError, ValueError) as exc:
+        raise RunRecordNotFoundError(f"run record {key!r} of workflow {workflow_name!r} is not valid JSON: {exc}") from exc
+    if not isinstance(record, dict):
+        raise RunRecordNotFoundError(f"run record {key!r} of workflow {workflow_name!r} has no node table")
+    return record
 
 
 # ---------------------------------------------------------------------------
@@ -153,24 +272,36 @@ def ff_after_run(context: Any, error: BaseException | None) -> None:
 # ---------------------------------------------------------------------------
 
 
-def _decode(data: bytes, workflow_name: str, key: str) -> dict:
-    try:
-        record = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunRecordNotFoundError(f"run record {key!r} of workflow {workflow_name!r} is not valid JSON: {exc}") from exc
-    if not isinstance(record, dict) or not isinstance(record.get("nodes"), dict):
+def _decode(data: bytes, workflow_name: str, key: str, storage: Any = None) -> dict:
+    record = _header(data, workflow_name, key)
+    if "columns" in record and "table" in record:  # the compact form: join the columns with the node table
+        table_data = storage.read_meta(workflow_name, record["table"]) if storage is not None else None
+        if table_data is None:
+            raise RunRecordNotFoundError(
+                f"run record {key!r} of workflow {workflow_name!r}: its node table {record['table']!r} is missing"
+            )
+        table = _header(table_data, workflow_name, record["table"])
+        columns = {**record.pop("columns"), **{field: table.get(field) or [] for field in _TABLE_FIELDS}}
+        record.pop("table")
+        names = table.get("names") or []
+        if any(len(column) != len(names) for column in columns.values()):
+            raise RunRecordNotFoundError(f"run record {key!r} of workflow {workflow_name!r} does not match its node table")
+        fields = list(columns)
+        record["nodes"] = {
+            name: dict(zip(fields, values)) for name, values in zip(names, zip(*columns.values()))
+        } if fields else dict.fromkeys(names, {})
+    if not isinstance(record.get("nodes"), dict):
         raise RunRecordNotFoundError(f"run record {key!r} of workflow {workflow_name!r} has no node table")
     return record
 
 
 def list_run_records(storage: Any, workflow_name: str) -> list[dict]:
     """Every saved run record of ``workflow_name``, oldest first (empty when there is none)."""
-    keys = [k for k in storage.list_meta(workflow_name, f"{_PREFIX}*.json") if k != LATEST_KEY]
     records = []
-    for key in sorted(keys):  # the UTC timestamp in the key sorts chronologically
+    for key in sorted(_record_keys(storage, workflow_name)):  # the UTC timestamp in the key sorts chronologically
         data = storage.read_meta(workflow_name, key)
         if data is not None:
-            records.append(_decode(data, workflow_name, key))
+            records.append(_decode(data, workflow_name, key, storage))
     records.sort(key=lambda record: record.get("start") or 0)  # keys share a millisecond sometimes
     return records
 
@@ -187,18 +318,22 @@ def read_run_record(storage: Any, workflow_name: str, run_id: str | None = None)
                 f"workflow {workflow_name!r} has no run record in this storage: "
                 "records are saved by runs with storage set (or record=True)"
             )
-        return _decode(data, workflow_name, LATEST_KEY)
-    keys = [
-        k for k in storage.list_meta(workflow_name, f"{_PREFIX}*.json")
-        if k != LATEST_KEY and k.rsplit("-", 1)[-1].startswith(run_id)
-    ]
+        pointer = _header(data, workflow_name, LATEST_KEY)
+        if "latest" not in pointer:  # written by an older version: the record itself
+            return _decode(data, workflow_name, LATEST_KEY, storage)
+        key = pointer["latest"]
+        data = storage.read_meta(workflow_name, key)
+        if data is None:
+            raise RunRecordNotFoundError(f"the latest run record {key!r} of workflow {workflow_name!r} is missing")
+        return _decode(data, workflow_name, key, storage)
+    keys = [k for k in _record_keys(storage, workflow_name) if k.rsplit("-", 1)[-1].startswith(run_id)]
     if len(keys) != 1:
         what = "no run" if not keys else f"{len(keys)} runs"
         raise RunRecordNotFoundError(f"workflow {workflow_name!r} has {what} with id {run_id!r}")
     data = storage.read_meta(workflow_name, keys[0])
     if data is None:
         raise RunRecordNotFoundError(f"run record {keys[0]!r} of workflow {workflow_name!r} disappeared")
-    return _decode(data, workflow_name, keys[0])
+    return _decode(data, workflow_name, keys[0], storage)
 
 
 def format_history(records: list[dict]) -> str:

@@ -123,11 +123,12 @@ def test_record_on_request_without_storage_and_off_on_request(storage):
     off = LocalWorkflow(leaf, workflow_name="off", record=False).set_storage(storage)
     assert "plugins_builtin.runrecord" not in _plugin_names(off)
     off.run()
-    assert storage.list_meta("off") == [] and off.run_record is None
+    # no run record; the fingerprint index is storage bookkeeping, not a record
+    assert storage.list_meta("off") == ["fingerprints"] and off.run_record is None
 
     blocked = LocalWorkflow(leaf, workflow_name="blocked", disable=["plugins_builtin.runrecord"]).set_storage(storage)
     blocked.run()
-    assert storage.list_meta("blocked") == []
+    assert storage.list_meta("blocked") == ["fingerprints"]
 
     assert functionfuse.run(leaf, workflow_name="api", storage=storage) == 6
     assert read_run_record(storage, "api")["counts"]["computed"] == 3
@@ -185,3 +186,59 @@ def test_durations_read_well_in_a_picture():
     assert [_seconds(d) for d in (0.00001, 0.0123, 0.5, 1.5, 59.994, 61, 3725)] == [
         "<0.1 ms", "12.3 ms", "500.0 ms", "1.50 s", "59.99 s", "1 min 01 s", "62 min 05 s",
     ]
+
+
+# ---------------------------------------------------------------------------
+# bounded growth: the last keep_runs runs, written compactly
+# ---------------------------------------------------------------------------
+
+
+@functionfuse.workflow
+def piece(i):
+    return i
+
+
+@functionfuse.workflow
+def gather(*values):
+    return len(values)
+
+
+def _meta_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in (folder / ".ffmeta").iterdir())
+
+
+def test_only_the_last_keep_runs_records_are_kept(tmp_path):
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st"), "keep_runs": 3}})
+    run_ids = []
+    for _ in range(5):
+        wf = LocalWorkflow(quickstart()["result"], workflow_name="ops").set_storage(storage)
+        wf.run()
+        run_ids.append(wf.run_record["run_id"])
+    records = list_run_records(storage, "ops")
+    assert [record["run_id"] for record in records] == run_ids[-3:]
+    assert read_run_record(storage, "ops")["run_id"] == run_ids[-1]
+    assert read_run_record(storage, "ops", run_ids[-2])["nodes"]["node3"]["outcome"] == "stored"
+    with pytest.raises(RunRecordNotFoundError, match=f"no run with id '{run_ids[0]}'"):
+        read_run_record(storage, "ops", run_ids[0])
+    assert len(list((tmp_path / "st" / "ops" / ".ffmeta").iterdir())) <= 3 + 1 + 1 + 1  # records, latest, table, index
+    default = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st2")}})
+    for _ in range(22):
+        LocalWorkflow(quickstart()["result"], workflow_name="ops").set_storage(default).run()
+    assert len(list_run_records(default, "ops")) == 20
+
+
+def test_noop_reruns_of_20000_nodes_grow_records_less_than_the_results(tmp_path):
+    root = tmp_path / "st"
+    nodes = [piece(i).set_name(f"piece{i}") for i in range(20_000)]
+    leaf = gather(*nodes).set_name("gather")
+    LocalWorkflow(leaf, workflow_name="big").set_storage(str(root)).run()
+    results = sum(path.stat().st_size for path in (root / "big").glob("*.ffr"))
+    before = _meta_bytes(root / "big")
+    for _ in range(5):
+        wf = LocalWorkflow(leaf, workflow_name="big").set_storage(str(root))
+        assert wf.run() == 20_000
+    growth = _meta_bytes(root / "big") - before
+    print(f"results {results} bytes; 5 no-op re-runs grew the records by {growth} bytes")
+    assert growth < results, (growth, results)
+    record = read_run_record(storage_factory({"kind": "file", "options": {"path": str(root)}}), "big")
+    assert len(record["nodes"]) == 20_001 and record["nodes"]["piece7"]["qualname"] == "piece"
