@@ -69,6 +69,22 @@ class NodeTimeoutError(NodeExecutionError, TimeoutError):
         return (type(self), (self.node_name, self.workflow_name, self.seconds, self.attempt), dict(self.__dict__))
 
 
+class WorkerLostError(FunctionFuseError):
+    """The worker process running a node, or holding a stateful node's instance, died or left the cluster.
+
+    The run's error is a :class:`NodeExecutionError` naming the node, with this as its cause.
+
+    :ivar worker: the worker's address, when known.
+    """
+
+    def __init__(self, message: str, worker: str | None = None):
+        self.worker = worker
+        super().__init__(message)
+
+    def __reduce__(self):
+        return (type(self), (self.args[0], self.worker))
+
+
 class SerializationError(FunctionFuseError):
     """A node's result could not be serialised; nothing was written for it."""
 

@@ -22,7 +22,7 @@ from functionfuse.storage import storage_factory
 
 pytestmark = pytest.mark.timeout(120)
 
-BACKENDS = ["local", "ray"]
+BACKENDS = ["local", "ray", "dask"]
 
 
 # ---------------------------------------------------------------------------
