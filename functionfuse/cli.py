@@ -136,30 +136,63 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_storage(text: str) -> Any:
+    """The storage named on the command line; a storage that does not exist is a one-line error."""
+    storage = _storage(text)
+    exists = getattr(storage, "storage_exists", None)
+    if exists is not None and not exists():
+        raise UsageError(f"storage {text!r} does not exist")
+    return storage
+
+
+def _existing_workflow(storage: Any, text: str, workflow: str) -> None:
+    exists = getattr(storage, "workflow_exists", None)
+    if exists is not None and not exists(workflow):
+        known = storage.list_workflows()
+        hint = f"; it has: {', '.join(known[:20])}" if known else "; it has none"
+        raise UsageError(f"storage {text!r} has no workflow {workflow!r}{hint}")
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
-    storage = _storage(args.storage)
-    names = storage.list_tasks(args.workflow, args.pattern) if args.workflow else storage.list_workflows()
+    storage = _existing_storage(args.storage)
+    if args.workflow:
+        _existing_workflow(storage, args.storage, args.workflow)
+        names = storage.list_tasks(args.workflow, args.pattern)
+    else:
+        names = storage.list_workflows()
     for name in names:
         print(name)
     return 0
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    storage = _storage(args.storage)
+    storage = _existing_storage(args.storage)
+    _existing_workflow(storage, args.storage, args.workflow)
     value = storage.read_task(args.workflow, args.task)
     print(repr(value))
     return 0
 
 
 def _cmd_rm(args: argparse.Namespace) -> int:
-    storage = _storage(args.storage)
+    storage = _existing_storage(args.storage)
+    _existing_workflow(storage, args.storage, args.workflow)
     if args.pattern is None:
         storage.remove_workflow(args.workflow)
         print(f"removed workflow {args.workflow!r}")
     else:
         removed = storage.remove_task(args.workflow, pattern=args.pattern)
+        if not removed:
+            raise UsageError(f"no stored task of workflow {args.workflow!r} matches {args.pattern!r}")
         print(f"removed {len(removed)} task(s) of {args.workflow!r}: {', '.join(removed)}")
     return 0
+
+
+SHOW_HELP = """\
+print a stored result (repr of the value).
+
+Stored results are pickles: reading one runs whatever code its writer chose.
+Show only results from storage you trust (your own, or a colleague's you would
+run code from), never one from an unknown source."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pattern", default="*", help="glob over task names")
     p.set_defaults(handler=_cmd_ls)
 
-    p = sub.add_parser("show", help="print a stored result")
+    p = sub.add_parser("show", help="print a stored result (a pickle: only from storage you trust)",
+                       description=SHOW_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("storage")
     p.add_argument("workflow")
     p.add_argument("task")

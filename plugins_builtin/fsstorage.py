@@ -602,6 +602,15 @@ class FileStorage(Storage):
         return self.match_pattern(names, pattern)
 
     @_reported
+    def storage_exists(self) -> bool:
+        """True when the storage's root folder exists (on object stores: holds anything)."""
+        if self.local:
+            return os.path.isdir(self.root)
+        if self.object_store:
+            return bool(self._listdir(self.root))
+        return self._exists(self.root)
+
+    @_reported
     def workflow_exists(self, workflow_name: str) -> bool:
         """True when the storage has a folder (or, on object stores, any object) for ``workflow_name``."""
         self.check_names(workflow_name)

@@ -473,3 +473,124 @@ def test_bad_storage_options_are_refused_with_a_did_you_mean(opt, message, tmp_p
     with pytest.raises(InvalidOptionError, match=message):
         storage_factory(opt)
     assert list(tmp_path.iterdir()) == [], "nothing may be created for refused options"
+
+
+# ---------------------------------------------------------------------------
+# 4. a result whose class cannot be imported names the node and the class;
+#    classes a script defines are stored by `functionfuse run` and read back by `show`
+# ---------------------------------------------------------------------------
+
+
+def test_result_whose_module_is_gone_names_node_and_class(tmp_path, monkeypatch):
+    import importlib
+    import uuid
+
+    module_name = f"ff_gone_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{module_name}.py").write_text("class Reading:\n    def __init__(self, v):\n        self.v = v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(module_name)
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st")}})
+    storage.save("wf", "reading", {"r": module.Reading(3)})
+    (tmp_path / f"{module_name}.py").unlink()
+    del sys.modules[module_name]
+    importlib.invalidate_caches()
+    with pytest.raises(SerializationError, match=rf"node 'reading' \(workflow 'wf'\).*class 'Reading' from module '{module_name}'"):
+        storage.read_task("wf", "reading")
+    # a renamed class in a module that still exists
+    (tmp_path / f"{module_name}.py").write_text("class Renamed:\n    pass\n")
+    importlib.invalidate_caches()
+    with pytest.raises(SerializationError, match=rf"node 'reading'.*class 'Reading' from module '{module_name}'"):
+        storage.read_task("wf", "reading")
+
+
+SCRIPT_WITH_CLASS = '''
+from functionfuse import workflow
+
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+    def __repr__(self):
+        return f"Point({self.x}, {self.y})"
+
+@workflow
+def make_point(x):
+    return Point(x, x + 1)
+
+leaf = make_point(2).set_name("point")
+'''
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "functionfuse", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_run_stores_classes_the_script_defines_and_show_reads_them(tmp_path):
+    (tmp_path / "points.py").write_text(SCRIPT_WITH_CLASS)
+    ran = cli("run", "points.py:leaf", "--storage", "st", "--workflow-name", "pts", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    other = tmp_path / "elsewhere"  # another folder, another process: the script is not importable there
+    other.mkdir()
+    shown = cli("show", str(tmp_path / "st"), "pts", "point", cwd=other)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == "Point(2, 3)"
+
+
+# ---------------------------------------------------------------------------
+# 12. the CLI says when what it was asked about does not exist
+# ---------------------------------------------------------------------------
+
+
+def test_cli_missing_storage_workflow_or_task_is_a_one_line_error(tmp_path):
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st")}})
+    storage.save("ops", "n", 1)
+    cases = [
+        (("ls", str(tmp_path / "typo")), "storage '.*typo' does not exist"),
+        (("ls", str(tmp_path / "st"), "opps"), "has no workflow 'opps'; it has: ops"),
+        (("rm", str(tmp_path / "st"), "opps"), "has no workflow 'opps'"),
+        (("rm", str(tmp_path / "st"), "ops", "--pattern", "zz*"), "no stored task of workflow 'ops' matches 'zz\\*'"),
+        (("show", str(tmp_path / "st"), "ops", "m"), "no stored result for node 'm' in workflow 'ops'"),
+    ]
+    import re
+
+    for args, message in cases:
+        done = cli(*args, cwd=tmp_path)
+        assert done.returncode != 0, (args, done.stdout)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and re.search(message, lines[0]), (args, done.stderr)
+        assert "removed" not in done.stdout
+    assert storage.read_task("ops", "n") == 1
+
+
+# ---------------------------------------------------------------------------
+# 13. stored results are pickles: said in `show --help`; folders honour the umask
+# ---------------------------------------------------------------------------
+
+
+def test_show_help_says_results_are_pickles(tmp_path):
+    done = cli("show", "--help", cwd=tmp_path)
+    assert done.returncode == 0
+    assert "pickles" in done.stdout and "runs whatever code its writer chose" in " ".join(done.stdout.split())
+
+
+def test_storage_folders_and_files_honour_the_umask(tmp_path):
+    script = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.path[:0] = [{str(REPO)!r}]
+        os.umask(0o077)
+        import dask.array as da
+        from functionfuse.storage import storage_factory
+        from functionfuse.serializers.daskarray import DaskArraySerializer
+        storage = storage_factory({{"kind": "file", "options": {{"path": sys.argv[1]}}}})
+        storage.register_persistent_serializers(DaskArraySerializer)
+        storage.save("wf", "n", {{"x": da.arange(4, chunks=2)}})
+        storage.save_meta("wf", "note", b"x")
+        """
+    )
+    root = tmp_path / "private"
+    subprocess.run([sys.executable, "-c", script, str(root)], check=True, timeout=300)
+    modes = {path.relative_to(root).as_posix(): path.stat().st_mode & 0o777 for path in [root, *root.rglob("*")]}
+    assert len(modes) > 6
+    leaked = {name: oct(mode) for name, mode in modes.items() if mode & 0o077}
+    assert not leaked, f"group/other may read these under umask 077: {leaked}"
