@@ -127,15 +127,6 @@ def stateful_graph(func=count_of):
     return c1, c2, seen
 
 
-# a function taking the object sees it after every call made before it, even when a later call is stored
-# and an earlier one is not: see BUG_PARTIAL_REPLAY
-BUG_PARTIAL_REPLAY = pytest.mark.xfail(
-    strict=True,
-    reason="bug in functionfuse/graph.py plan_resume: c1 missing replays the chain up to c1 only, so `seen` "
-    "(recomputed, created after c2) gets the object without c2's effect (111, not 113)",
-)
-
-
 @pytest.mark.parametrize(
     "deleted", [["seen"], ["seen", "c1"], ["c2"], ["c1", "c2", "seen", "start"]]
 )
