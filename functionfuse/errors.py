@@ -136,6 +136,10 @@ class GraphvizNotFoundError(FunctionFuseError):
     """The graphviz ``dot`` program, which draws workflow graphs, is not installed."""
 
 
+class MissingClassError(SerializationError):
+    """A stored result holds an object whose class (or module) cannot be imported by the reader."""
+
+
 class UnfingerprintableError(FunctionFuseError, TypeError):
     """A node argument has no deterministic fingerprint, so its stored result could not be trusted.
 
@@ -167,5 +171,5 @@ class UnfingerprintableError(FunctionFuseError, TypeError):
         return (type(self), (self.reason, self.node_name, self.argument, self.type_name))
 
 
-class MissingClassError(SerializationError):
-    """A stored result holds an object whose class (or module) cannot be imported by the reader."""
+class BadReferenceError(FunctionFuseError, LookupError):
+    """A reference ``node[k]`` does not fit the value the node returned (an index out of range, a missing key)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import sys
 from typing import Any, Callable
 
 from .errors import InvalidNameError, NotANodeError
@@ -56,7 +57,9 @@ def validate_name(name: Any, what: str = "node") -> str:
     """Return ``name`` if it is safe as a storage key, else raise :class:`InvalidNameError`.
 
     Refused: non-strings, the empty string, ``.`` and ``..``, anything holding a
-    path separator or NUL, and names longer than 200 bytes.
+    path separator or NUL, names starting with ``.`` (the storage's own files:
+    ``.ff-tmp-*`` temporaries, ``.ffmeta``), names that are not valid Unicode
+    (a lone surrogate cannot become a file name), and names longer than 200 bytes.
     """
     if not isinstance(name, str):
         raise InvalidNameError(f"{what} name must be a string, got {type(name).__name__} {name!r}")
@@ -66,9 +69,61 @@ def validate_name(name: Any, what: str = "node") -> str:
         raise InvalidNameError(
             f"{what} name {name!r} is not allowed: names become storage keys and may not hold '/', '\\' or NUL"
         )
-    if len(name.encode("utf-8", "surrogatepass")) > _MAX_NAME_BYTES:
+    if name[0] == ".":
+        raise InvalidNameError(
+            f"{what} name {name!r} is not allowed: names starting with '.' are the storage's own files "
+            "(temporaries, metadata)"
+        )
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidNameError(
+            f"{what} name {name!r} is not allowed: it is not valid Unicode ({exc.reason} at position {exc.start})"
+        ) from None
+    if size > _MAX_NAME_BYTES:
         raise InvalidNameError(f"{what} name {name[:40]!r}... is longer than {_MAX_NAME_BYTES} bytes")
     return name
+
+
+_INTERNAL_MODULES = ("functionfuse", "plugins_builtin", "pluggy", "contrib")
+
+
+def _no_value(node_name: str, what: str) -> TypeError:
+    return TypeError(
+        f"node {node_name!r} has no value until it runs, so {what} cannot be computed now; "
+        "do it inside a @workflow function that takes the node as an argument"
+    )
+
+
+def _lazy_operators(cls: type, describe: Callable[[Any], str]) -> None:
+    """Give ``cls`` (Node, Ref) a ``__bool__`` and arithmetic operators that say a node has no value yet."""
+
+    def truth(self: Any) -> bool:
+        # Only the user's own code is told: functionfuse's modules (and plugins built on it) may
+        # still write `node or default`; a node is an object there, and objects are true.
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.startswith(_INTERNAL_MODULES):
+            return True
+        raise _no_value(describe(self), "its truth value ('if node:', 'node and x')")
+
+    cls.__bool__ = truth
+    for op, symbol in (("add", "+"), ("sub", "-"), ("mul", "*"), ("truediv", "/"), ("floordiv", "//"),
+                       ("mod", "%"), ("pow", "**"), ("matmul", "@"), ("and", "&"), ("or", "|"), ("xor", "^"),
+                       ("lshift", "<<"), ("rshift", ">>")):
+        def forward(self: Any, other: Any, symbol: str = symbol) -> Any:
+            raise _no_value(describe(self), f"'node {symbol} {type(other).__name__}'")
+
+        def reverse(self: Any, other: Any, symbol: str = symbol) -> Any:
+            raise _no_value(describe(self), f"'{type(other).__name__} {symbol} node'")
+
+        setattr(cls, f"__{op}__", forward)
+        setattr(cls, f"__r{op}__", reverse)
+    for op, symbol in (("neg", "-node"), ("pos", "+node"), ("abs", "abs(node)"), ("invert", "~node"),
+                       ("int", "int(node)"), ("float", "float(node)"), ("index", "an index from it")):
+        def unary(self: Any, symbol: str = symbol) -> Any:
+            raise _no_value(describe(self), repr(symbol) if "node" in symbol else symbol)
+
+        setattr(cls, f"__{op}__", unary)
 
 
 class Ref:
@@ -94,10 +149,17 @@ class Ref:
         return f"Ref({self.node.name!r}{''.join(f'[{k!r}]' for k in self.keys)})"
 
     def resolve(self, value: Any) -> Any:
-        """Apply the keys to the referenced node's result."""
-        for key in self.keys:
-            value = value[key]
-        return value
+        """Apply the keys to the referenced node's result (a key that does not fit names the node)."""
+        result = value
+        try:
+            for key in self.keys:
+                result = result[key]
+        except (IndexError, KeyError, TypeError):
+            from .validate import apply_keys
+
+            apply_keys(value, self.keys, self.node.name)  # raises BadReferenceError, naming the node
+            raise
+        return result
 
 
 def _scan_nested(obj: Any, parents: list) -> bool:
@@ -370,7 +432,7 @@ class MethodNode(Node):
 
     def __init__(self, obj: ObjectNode, method_name: str, *args: Any, **kwargs: Any):
         func = getattr(obj.cls, method_name)
-        prev = obj.last_call or obj
+        prev = obj.last_call if obj.last_call is not None else obj  # a node has no truth value
         self.obj = obj
         self.method_name = method_name
         self.chain_prev = prev
@@ -438,3 +500,7 @@ def _classify(cls: type) -> int:
     kind = 1 if issubclass(cls, Node) else 2 if issubclass(cls, Ref) else 3 if issubclass(cls, _CONTAINERS) else 0
     _ARG_KINDS[cls] = kind
     return kind
+
+
+_lazy_operators(Node, lambda node: node.name)
+_lazy_operators(Ref, lambda ref: repr(ref)[4:-1])

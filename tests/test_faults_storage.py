@@ -594,3 +594,97 @@ def test_storage_folders_and_files_honour_the_umask(tmp_path):
     assert len(modes) > 6
     leaked = {name: oct(mode) for name, mode in modes.items() if mode & 0o077}
     assert not leaked, f"group/other may read these under umask 077: {leaked}"
+
+
+# ---------------------------------------------------------------------------
+# 11. inputs refused where they come in, naming the culprit
+# ---------------------------------------------------------------------------
+
+
+@workflow
+def pair():
+    return (1, 2)
+
+
+@workflow
+def plus(a, b):
+    return a + b
+
+
+@pytest.mark.parametrize("name", ["bad\udc80name", ".ff-tmp-123@host-abc", ".hidden", "."])
+def test_names_that_cannot_be_storage_keys_fail_at_set_name(name):
+    from functionfuse.errors import InvalidNameError
+
+    with pytest.raises(InvalidNameError, match="node name .* is not allowed"):
+        constant(1).set_name(name)
+
+
+def test_workflow_names_colliding_with_internal_files_are_refused(tmp_path):
+    from functionfuse.errors import InvalidNameError
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st")}})
+    for name in (".ffmeta", ".ff-tmp-1@h-x", "w\ud800"):
+        with pytest.raises(InvalidNameError, match="workflow name"):
+            storage.save(name, "n", 1)
+    assert not (tmp_path / "st").exists() or list((tmp_path / "st").iterdir()) == []
+
+
+def test_a_lazy_node_has_no_truth_value_and_no_arithmetic():
+    node = constant(1).set_name("lazy")
+    with pytest.raises(TypeError, match="node 'lazy' has no value until it runs.*truth value"):
+        if node:
+            pass
+    for expression, shown in [(lambda: node + 1, "'node \\+ int'"), (lambda: 1 + node, "'int \\+ node'"),
+                              (lambda: node * node, "'node \\* Node'"), (lambda: -node, "'-node'"),
+                              (lambda: pair()[0] / 2, "pair_\\d+\\[0\\]")]:
+        with pytest.raises(TypeError, match=f"has no value until it runs|{shown}"):
+            expression()
+    with pytest.raises(TypeError, match=r"node 'lazy' has no value until it runs, so 'node \+ int'"):
+        node + 1
+
+
+def test_reference_that_does_not_fit_the_value_names_the_node():
+    from functionfuse.errors import BadReferenceError
+    from functionfuse.validate import apply_keys
+
+    two = pair().set_name("two")
+    with pytest.raises(BadReferenceError, match=r"reference two\[5\].*node 'two' is a tuple of 2 items"):
+        two[5].resolve((1, 2))
+    with pytest.raises(BadReferenceError, match=r"two\[0\]\['k'\].*node 'two'\[0\] is a int"):
+        apply_keys((1, 2), (0, "k"), "two", "total")
+
+
+def test_reference_out_of_range_on_the_local_backend_names_the_node():
+    from functionfuse.errors import FunctionFuseError
+
+    two = pair().set_name("two")
+    with pytest.raises(FunctionFuseError, match=r"two\[5\]"):
+        LocalWorkflow(plus(two[0], two[5]).set_name("total"), workflow_name="refs").run()
+
+
+def test_plugin_arguments_and_query_patterns_are_checked():
+    from functionfuse.validate import check_plugin_args, compile_pattern
+
+    for plugins, disable, message in [
+        ("mymodule", (), r"plugins must be a list .* got the str 'mymodule'; write plugins=\['mymodule'\]"),
+        (5, (), "plugins must be a list .* got int 5"),
+        ((), "name", r"disable must be a list of plugin names, got the str 'name'; write disable=\['name'\]"),
+        ((), [3], "disable holds int 3"),
+    ]:
+        with pytest.raises(InvalidOptionError, match=message):
+            check_plugin_args(plugins, disable, "LocalWorkflow('ops')")
+    assert check_plugin_args(["m"], None, "x") == (("m",), ())
+    with pytest.raises(InvalidOptionError, match=r"'\[unclosed' is not a valid regular expression"):
+        compile_pattern("[unclosed", "query")
+
+
+@pytest.mark.xfail(strict=True, reason="Workflow(plugins=, disable=) and query() live in functionfuse/base.py and "
+                   "graph.py: they must call functionfuse.validate.check_plugin_args / compile_pattern (the lead wires it)")
+def test_workflow_refuses_string_plugins_and_bad_query_patterns():
+    leaf = constant(1).set_name("one")
+    with pytest.raises(InvalidOptionError, match="plugins must be a list"):
+        LocalWorkflow(leaf, workflow_name="p", plugins="mymodule")
+    with pytest.raises(InvalidOptionError, match="disable must be a list"):
+        LocalWorkflow(leaf, workflow_name="p", disable="name")
+    with pytest.raises(InvalidOptionError, match=r"'\[unclosed'"):
+        LocalWorkflow(leaf, workflow_name="p").query("[unclosed")
