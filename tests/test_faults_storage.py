@@ -688,3 +688,15 @@ def test_workflow_refuses_string_plugins_and_bad_query_patterns():
         LocalWorkflow(leaf, workflow_name="p", disable="name")
     with pytest.raises(InvalidOptionError, match=r"'\[unclosed'"):
         LocalWorkflow(leaf, workflow_name="p").query("[unclosed")
+
+
+def test_every_test_docs_reliability_names_exists():
+    import re
+
+    text = (REPO / "docs" / "reliability.md").read_text()
+    sources = {path.name: path.read_text() for path in (REPO / "tests").glob("test_*.py")}
+    named = re.findall(r"`(?:tests/(test_\w+\.py)::)?(test_\w+)(?:\[[^\]]*\])?`", text)
+    assert len(named) > 20
+    for file_name, test_name in named:
+        where = [sources[file_name]] if file_name else [sources["test_faults_storage.py"]]
+        assert any(f"def {test_name}(" in source for source in where), f"docs/reliability.md names {test_name}"
