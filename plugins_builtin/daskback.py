@@ -251,8 +251,11 @@ class _Session:
         self._workers: dict | None = None
 
     # -- submission -------------------------------------------------------------------------
-    def key(self, node: Node, suffix: str = "") -> str:
-        key = f"{node.name}{suffix}-{self.suffix}"
+    def key(self, node: Node, group: str | None = None, tail: str = "") -> str:
+        """``<function>-0<run id>-<node name>``: Dask groups tasks by the part before the run id (its
+        scheduling heuristics learn durations per group, as for plain ``client.submit`` keys), the
+        dashboard shows the node's name, and keys are unique per run."""
+        key = f"{group or node.qualname}-0{self.suffix}-{node.name}{tail}"
         self.keys[key] = node
         return key
 
@@ -266,7 +269,7 @@ class _Session:
                 to_compute = run.plan.to_compute
             if action == READ:
                 call, _ = run.node_call(node, READ)
-                self.futures[node] = client.submit(_run_node, call, False, 0, key=self.key(node, "-read"))
+                self.futures[node] = client.submit(_run_node, call, False, 0, key=self.key(node, "ff_read"))
                 if node in self.workflow.leaves:
                     self.watch(node, self.futures[node])
                 continue
@@ -302,7 +305,7 @@ class _Session:
             if kind == "method":
                 self.last_call[node.obj] = future
             if record:
-                record_future = client.submit(_record_of, future, key=self.key(node, "-record"))
+                record_future = client.submit(_record_of, future, key=self.key(node, "ff_record"))
                 self.records.add(record_future.key)
                 self.watch(node, record_future)
             elif node in self.workflow.leaves or not _has_computed_child(node, to_compute):
@@ -332,7 +335,7 @@ class _Session:
     def snapshot(self, obj: Node) -> Any:
         """A future of ``obj``'s instance as a value, after the calls submitted on it so far."""
         after = [self.last_call[obj]] if obj in self.last_call else []
-        future = self.client.submit(_snapshot, self.futures[obj], *after, key=self.key(obj, f"-snapshot{len(self.keys)}"),
+        future = self.client.submit(_snapshot, self.futures[obj], *after, key=self.key(obj, "ff_snapshot", f"-{len(self.keys)}"),
                                     workers=[self.pinned[obj]], allow_other_workers=False)
         self.last_call[obj] = future  # later calls wait for the copy: it shows the state at this point
         return future
