@@ -269,12 +269,12 @@ class PluginHost:
     def storage_save(self, storage: Any, workflow_name: str, task_name: str, obj: Any, context: Any,
                      node: Any = None, fingerprint: str | None = None, replaces: str | None = None) -> Any:
         """``ff_storage_save``: write a node's result (with its fingerprint, when the storage keeps them)."""
-        return self.call("ff_storage_save", node or task_name, storage=storage, workflow_name=workflow_name,
+        return self.call("ff_storage_save", node if node is not None else task_name, storage=storage, workflow_name=workflow_name,
                          task_name=task_name, obj=obj, context=context, fingerprint=fingerprint, replaces=replaces)
 
     def storage_read(self, storage: Any, workflow_name: str, task_name: str, context: Any, node: Any = None) -> Any:
         """``ff_storage_read``: read a stored result."""
-        return self.call("ff_storage_read", node or task_name, storage=storage, workflow_name=workflow_name,
+        return self.call("ff_storage_read", node if node is not None else task_name, storage=storage, workflow_name=workflow_name,
                          task_name=task_name, context=context)
 
     def prepare_node(self, node: Any, context: Any) -> list:

@@ -361,7 +361,7 @@ def _read(call: NodeCall) -> Any:
     hooks = call.hooks
     if hooks is not None and hooks.read:
         return hooks.host().storage_read(call.storage, call.workflow_name, call.name, hooks.context,
-                                         node=call.node or call)
+                                         node=(call.node if call.node is not None else call))
     return call.storage.read_task(call.workflow_name, call.name)
 
 
@@ -370,7 +370,7 @@ def _save(call: NodeCall, value: Any) -> None:
     storage = call.storage
     if hooks is not None and hooks.save:
         hooks.host().storage_save(storage, call.workflow_name, call.name, value, hooks.context,
-                                  node=call.node or call, fingerprint=call.fingerprint, replaces=call.replaces)
+                                  node=(call.node if call.node is not None else call), fingerprint=call.fingerprint, replaces=call.replaces)
     elif call.fingerprint is not None:
         storage.save(call.workflow_name, call.name, value, fingerprint=call.fingerprint, replaces=call.replaces)
     else:
@@ -403,7 +403,7 @@ def run_node_call(call: NodeCall, values: Any, func: Any = None) -> tuple[Any, f
                 prepare()
             hooks = call.hooks
             if hooks is not None and hooks.execute:
-                value = hooks.host().execute_node(call.node or call, func, tuple(args), kwargs or {}, hooks.context)
+                value = hooks.host().execute_node((call.node if call.node is not None else call), func, tuple(args), kwargs or {}, hooks.context)
             else:
                 value = func(*args, **kwargs) if kwargs else func(*args)
         else:
@@ -425,7 +425,7 @@ def _invoke(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:
         prepare()
     hooks = call.hooks
     if hooks is not None and hooks.execute:
-        return hooks.host().execute_node(call.node or call, func, tuple(args), kwargs or {}, hooks.context)
+        return hooks.host().execute_node((call.node if call.node is not None else call), func, tuple(args), kwargs or {}, hooks.context)
     return func(*args, **kwargs) if kwargs else func(*args)
 
 

@@ -21,6 +21,7 @@ node's run). What runs where:
 
 from __future__ import annotations
 
+import re
 import weakref
 from collections.abc import Iterable
 from typing import Any
@@ -29,7 +30,7 @@ from functionfuse.base import READ, Run, Workflow
 from functionfuse.errors import InvalidOptionError
 from functionfuse.frontend import Node
 from functionfuse.markers import hookimpl
-from functionfuse.nodecall import NodeCall, node_error_name, run_node_call, worker_location
+from functionfuse.nodecall import NodeCall, _tag, node_error_name, run_node_call, worker_location
 
 __all__ = ["RayWorkflow", "check_resources", "ensure_ray", "validate_remote_args"]
 
@@ -88,25 +89,32 @@ def validate_remote_args(remote_args: Any, where: str, actor: bool = False) -> d
     return remote_args
 
 
-def _requested_resources(remote_args: dict) -> dict:
+def _requested_resources(remote_args: dict, default_cpus: float = 0) -> dict:
+    """What a task with ``remote_args`` needs of one node; ``default_cpus``: Ray's default when
+    ``num_cpus`` is not given (1 for a task, 0 for an actor once it runs)."""
     wanted = dict(remote_args.get("resources") or {})
     for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
         amount = remote_args.get(option)
         if amount:
             wanted[resource] = amount
+    if "num_cpus" not in remote_args and default_cpus and wanted:
+        wanted["CPU"] = default_cpus  # a custom resource on a node with num_cpus=0 can never run the task
     return wanted
 
 
-def check_resources(ray: Any, requests: Iterable[tuple[str, dict]]) -> None:
-    """Refuse, before anything is submitted, a request no node of the cluster can satisfy.
+def check_resources(ray: Any, requests: Iterable[tuple], what_left: str = "") -> None:
+    """Refuse a request no alive node of the cluster can satisfy (before submission, or while waiting).
 
     Ray would keep such a task pending forever; this names it instead.
 
-    :param requests: ``(what, remote_args)`` pairs; ``what`` names the node or storage.
+    :param requests: ``(what, remote_args)`` or ``(what, remote_args, default_cpus)``; ``what`` names
+        the node or storage.
+    :param what_left: added to the message (``"the node holding it left the cluster"``).
     """
     nodes = None
-    for what, remote_args in requests:
-        wanted = _requested_resources(remote_args)
+    for request in requests:
+        what, remote_args = request[0], request[1]
+        wanted = _requested_resources(remote_args, request[2] if len(request) > 2 else 0)
         if not wanted:
             continue
         if nodes is None:
@@ -118,7 +126,7 @@ def check_resources(ray: Any, requests: Iterable[tuple[str, dict]]) -> None:
             if best < amount:
                 raise InvalidOptionError(
                     f"{what} asks for {amount} of resource {resource!r}, but no node of the Ray cluster has "
-                    f"{'it' if best == 0 else f'more than {best}'}; the cluster has: "
+                    f"{'it' if best == 0 else f'more than {best}'}{what_left}; the cluster has: "
                     f"{', '.join(sorted(ray.cluster_resources()))}"
                 )
         raise InvalidOptionError(
@@ -144,11 +152,23 @@ def _where() -> tuple:
     return worker, host, _node_id
 
 
-def _task_body(func: Any) -> Any:
-    """The function a Ray task runs for nodes calling ``func``; one per function, exported once."""
+def _task_body(func: Any, check: bool = False) -> Any:
+    """The function a Ray task runs for nodes calling ``func``; one per function, exported once.
+
+    ``check``: first make sure Ray can serialise the value (a leaf whose value stays in the
+    cluster: a failure there would otherwise surface only when someone fetches it).
+    """
 
     def body(call: NodeCall, *values: Any) -> tuple:
         value, start, duration = run_node_call(call, values, func)
+        if check:
+            import ray
+
+            try:
+                ray.put(value)
+            except Exception as exc:
+                _tag(exc, call.name)
+                raise
         return _record(call, start, duration), value
 
     body.__name__ = getattr(func, "__name__", "node")
@@ -166,6 +186,15 @@ def _record(call: NodeCall, start: float, duration: float) -> tuple:
     return start, duration, worker, host, node_id, saved_on
 
 
+def _reconstructed() -> bool:
+    import ray
+
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except Exception:  # noqa: BLE001 - an old Ray without the flag: assume a first start
+        return False
+
+
 def _read_body(call: NodeCall) -> Any:
     return run_node_call(call, ())[0]
 
@@ -176,6 +205,18 @@ class StatefulNodeActor:
     def __init__(self, call: NodeCall, *values: Any):
         self.instance = None
         self.error: BaseException | None = None
+        if _reconstructed():
+            # Ray rebuilt the actor from its constructor: the state of the calls made before is gone,
+            # and queued calls may be replayed out of order. Refuse every call rather than give a wrong value.
+            from functionfuse.errors import WorkerLostError
+
+            self.error = WorkerLostError(
+                f"the Ray actor of stateful node {call.name!r} died and Ray restarted it (max_restarts): "
+                "its state after the earlier calls is lost, so its calls are refused; rerun with storage to "
+                "resume, which rebuilds the object and replays its calls in order"
+            )
+            _tag(self.error, call.name)
+            return
         # A failing constructor is kept and reported by ready(), so the driver gets the original exception.
         try:
             self.instance, start, duration = run_node_call(call, values)
@@ -209,7 +250,9 @@ _remote_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _remote_plain: dict = {}
 
 
-def _remote_for(ray: Any, func: Any) -> Any:
+def _remote_for(ray: Any, func: Any, check: bool = False) -> Any:
+    if check:  # rare (leaves of return_results=False runs): not cached
+        return ray.remote(max_retries=0, num_returns=2)(_task_body(func, check=True))
     try:
         remote = _remote_cache.get(func)
     except TypeError:  # not weak-referenceable
@@ -287,10 +330,11 @@ class RayWorkflow(Workflow):
         for node, attrs in self.node_attrs.items():
             remote_args = attrs.get("remote_args")
             if remote_args and node.kind != "method":
-                requests.append((f"node {node.name!r} of workflow {self.workflow_name!r}", remote_args))
+                # Ray's default of 1 CPU (an actor: 1 to be placed) counts where num_cpus is not given
+                requests.append((f"node {node.name!r} of workflow {self.workflow_name!r}", remote_args, 1))
         storage_args = getattr(self.storage, "remote_args", None)
         if storage_args:
-            requests.append((f"the ray storage of workflow {self.workflow_name!r}", storage_args))
+            requests.append((f"the ray storage of workflow {self.workflow_name!r}", storage_args, 0))
         check_resources(ray, requests)
 
     def _submit_and_collect(self, run: Run, return_results: bool, max_pending_tasks: int) -> list:
@@ -305,6 +349,10 @@ class RayWorkflow(Workflow):
         pending: list = []
         metas: dict = {}  # node -> its record ref (kept to find which node failed)
         plan_compute = None
+        remaining = run.consumers()  # node -> consumers not submitted yet: its value ref goes at 0
+        keep = set(self.leaves)
+        leaves = keep if not return_results else ()
+        self._requests = {}  # node -> (what, remote_args, default cpus): rechecked while waiting
 
         def snapshot(obj: Node) -> Any:
             # An object handed to a function as a value: its state after the calls submitted so far.
@@ -315,7 +363,7 @@ class RayWorkflow(Workflow):
                 plan_compute = run.plan.to_compute
             if action == READ:
                 call, _ = run.node_call(node, READ)
-                refs[node] = _helper(ray, "read").options(**getattr(self.storage, "remote_args", {})).remote(call)
+                refs[node] = _helper(ray, "read").remote(call)
                 continue
             if max_pending and len(pending) >= max_pending:
                 pending = self._collect(ray, run, pending, watched, metas)
@@ -328,9 +376,11 @@ class RayWorkflow(Workflow):
             values = [refs[d] if d in refs else snapshot(d) for d in deps]
             try:
                 if kind == "call":
-                    remote = _remote_for(ray, node.func)
+                    remote = _remote_for(ray, node.func, check=node in leaves)
                     if remote_args:
                         remote = remote.options(**remote_args)
+                        self._requests[node] = (f"node {node.name!r} of workflow {self.workflow_name!r}",
+                                                remote_args, 1)
                     meta, value = remote.remote(call, *values)
                 elif kind == "method":
                     meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values[1:])
@@ -345,6 +395,12 @@ class RayWorkflow(Workflow):
             if value is not None:
                 refs[node] = value
             metas[node] = meta
+            for parent in node.parents:
+                # the submitted task holds its own reference: the driver's can go once every consumer has one
+                left = remaining.get(parent, 0) - 1
+                remaining[parent] = left
+                if left <= 0 and parent not in keep and parent.kind != "object":
+                    refs.pop(parent, None)
             if watch_all or kind != "call" or not node.children or not _has_computed_child(node, plan_compute):
                 watched[meta] = node
                 pending.append(meta)
@@ -370,8 +426,17 @@ class RayWorkflow(Workflow):
             raise exc
 
     def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
-        """Wait for at least one watched result; fire hooks for what finished; raise on the first failure."""
-        ready, pending = ray.wait(pending, num_returns=1)
+        """Wait for at least one watched result; fire hooks for what finished; raise on the first failure.
+
+        Every few seconds without progress, the resources of what is in flight are checked again:
+        a task whose resource left the cluster (a node removed, the storage's disk node gone) would
+        wait for ever; it fails naming the node and the resource instead.
+        """
+        while True:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=_STALL_CHECK_SECONDS)
+            if ready:
+                break
+            self._check_in_flight(ray, run, pending, watched)
         if pending:
             more, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
             ready.extend(more)
@@ -385,6 +450,19 @@ class RayWorkflow(Workflow):
             for ref, record in zip(ready, records):
                 run.finished(watched[ref], None, _info(record))
         return pending
+
+    def _check_in_flight(self, ray: Any, run: Run, pending: list, watched: dict) -> None:
+        in_flight = [watched[ref] for ref in pending if ref in watched]
+        checks = [(node, self._requests[node]) for node in in_flight if node in self._requests]
+        storage_args = getattr(self.storage, "remote_args", None)
+        if storage_args is not None and in_flight:
+            what = f"the ray storage of workflow {self.workflow_name!r} ({self.storage.describe()})"
+            checks.append((in_flight[0], (what, storage_args, 0)))
+        for node, request in checks:
+            try:
+                check_resources(ray, [request], what_left=" any more (the node that had it left the cluster)")
+            except InvalidOptionError as exc:
+                run.fail(node, exc, {}, f"it can never be scheduled: {exc}")
 
     def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict) -> None:
         import ray.exceptions as rex
@@ -400,6 +478,9 @@ class RayWorkflow(Workflow):
         node, exc = failures[0]
         cause = getattr(exc, "cause", None)
         origin = node_error_name(cause) if cause is not None else None
+        if origin is None and _INPUT_FAILED in _plain_text(exc):
+            # The node's inputs could not be brought to it: a parent's value Ray could not serialise.
+            node = _producer(node, _plain_text(exc)) or node
         if origin is not None and origin != node.name:
             # A downstream node reported the error of the node that really raised: name that one.
             node = run.find(origin) or node
@@ -442,6 +523,34 @@ class RayWorkflow(Workflow):
                 except Exception as exc:  # noqa: BLE001 - the call that was on the actor
                     return candidate, exc
         return None
+
+
+_STALL_CHECK_SECONDS = 5.0
+_INPUT_FAILED = "input arguments for this task could not be computed"
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _plain_text(exc: BaseException) -> str:
+    return _ANSI.sub("", str(exc))
+
+
+def _producer(node: Node, text: str) -> Node | None:
+    """The ancestor of ``node`` whose Ray task Ray's error names after "could not be computed"."""
+    found = re.search(r"ray::([\w.<>]+)\(", text.split(_INPUT_FAILED, 1)[-1])
+    if found is None:
+        return None
+    task = found.group(1).rsplit(".", 1)[-1]
+    seen: set = set()
+    stack = list(node.parents)
+    while stack:
+        parent = stack.pop(0)
+        if parent in seen:
+            continue
+        seen.add(parent)
+        if getattr(parent.func, "__name__", None) == task or parent.kind != "call" and task in ("call", "ready"):
+            return parent
+        stack.extend(parent.parents)
+    return None
 
 
 def _has_computed_child(node: Node, to_compute: Any) -> bool:

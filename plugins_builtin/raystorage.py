@@ -17,9 +17,10 @@ cluster of several machines give an absolute path that exists on the disk node.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from functionfuse.errors import InvalidOptionError
+from functionfuse.errors import InvalidOptionError, StorageError
 from functionfuse.markers import hookimpl
 from functionfuse.storage import Storage
 
@@ -28,6 +29,7 @@ from .fsstorage import FileStorage
 __all__ = ["RayStorage", "ray_storage"]
 
 _OPTIONS = ("path", "remoteArgs", "rayInitArgs")
+_RECHECK_SECONDS = 5.0
 
 
 def _storage_call(files: FileStorage, method: str, args: tuple) -> Any:
@@ -72,7 +74,7 @@ class RayStorage(Storage):
         self.files = FileStorage(path, kind="ray")
         self.remote_args = dict(remote_args or {})
         self.ray_init_args = dict(ray_init_args or {})
-        self._checked = False
+        self._checked = -1e9  # time.monotonic() of the last resource check
 
     def __repr__(self) -> str:
         return f"<RayStorage root={self.files.root!r} remote_args={self.remote_args!r}>"
@@ -82,7 +84,7 @@ class RayStorage(Storage):
 
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_checked"] = False
+        state["_checked"] = -1e9
         return state
 
     # -- routing -------------------------------------------------------------------
@@ -90,11 +92,28 @@ class RayStorage(Storage):
         from .rayback import check_resources, ensure_ray
 
         ray = ensure_ray(self.ray_init_args)
-        if not self._checked:
-            # A resource no node has would leave every storage task pending forever.
-            check_resources(ray, [(self.describe(), self.remote_args)])
-            self._checked = True
+        now = time.monotonic()
+        if now - self._checked > _RECHECK_SECONDS:
+            # A resource no alive node has would leave every storage task pending for ever; checked
+            # again after a while, since the node holding the disk may leave the cluster.
+            check_resources(ray, [(self.describe(), self.remote_args, 0)])
+            self._checked = now
         return ray
+
+    def _get(self, ray: Any, ref: Any) -> Any:
+        """``ray.get`` that notices, every few seconds, when no alive node can run the storage task."""
+        from .rayback import check_resources
+
+        while True:
+            try:
+                return ray.get(ref, timeout=_RECHECK_SECONDS)
+            except ray.exceptions.GetTimeoutError:
+                try:
+                    check_resources(ray, [(self.describe(), self.remote_args, 0)],
+                                    what_left=" any more (the node holding the disk left the cluster)")
+                except Exception as exc:
+                    ray.cancel(ref, force=True)
+                    raise StorageError(f"{self.describe()}: {exc}") from exc
 
     def _shipped(self) -> FileStorage:
         files = self.files
@@ -104,11 +123,12 @@ class RayStorage(Storage):
         return files
 
     def _options(self, remote: Any) -> Any:
-        return remote.options(**self.remote_args) if self.remote_args else remote
+        # storage tasks need no CPU unless asked: the disk's node may have num_cpus=0 (Ray's advice for a head)
+        return remote.options(**{"num_cpus": 0, **self.remote_args})
 
     def _call(self, method: str, *args: Any) -> Any:
         ray = self._ray()
-        return ray.get(self._options(_remote(ray, "call")).remote(self._shipped(), method, args))
+        return self._get(ray, self._options(_remote(ray, "call")).remote(self._shipped(), method, args))
 
     # -- the interface ---------------------------------------------------------------
     def save(self, workflow_name: str, task_name: str, obj: Any) -> None:
@@ -116,7 +136,7 @@ class RayStorage(Storage):
         self.check_names(workflow_name, task_name)
         ray = self._ray()
         remote = self._options(_remote(ray, "save"))
-        last_saved_on = ray.get(remote.remote(self._shipped(), workflow_name, task_name, obj))
+        last_saved_on = self._get(ray, remote.remote(self._shipped(), workflow_name, task_name, obj))
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
         self.check_names(workflow_name, task_name)

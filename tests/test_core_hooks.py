@@ -2,6 +2,8 @@
 
 import pickle
 
+from pathlib import Path
+
 import pytest
 
 import functionfuse
@@ -222,7 +224,8 @@ def test_hook_ff_serializers(file_storage, tmp_path):
     wf.set_storage(file_storage)
     wf.run()
     data_dir = tmp_path / "storage" / "ser" / "boxes.ffd"
-    assert sorted(p.name for p in data_dir.iterdir()) == ["0.txt", "1.txt"]
+    committed = file_storage.data_path("ser", "boxes")  # this save's own folder inside boxes.ffd
+    assert sorted(p.name for p in Path(committed).iterdir()) == ["0.txt", "1.txt"]
     value = file_storage.read_task("ser", "boxes")
     assert value["a"].value == 1 and value["b"][0].value == 2 and value["b"][1] == 3
     file_storage.remove_task("ser", task_name="boxes")
@@ -244,7 +247,7 @@ def test_hook_ff_select_serializer(file_storage, tmp_path):
     wf.set_storage(file_storage)
     wf.run()
     assert chosen == [1]
-    assert [p.name for p in (tmp_path / "storage" / "sel" / "boxes.ffd").iterdir()] == ["0.txt"]
+    assert [p.name for p in Path(file_storage.data_path("sel", "boxes")).iterdir()] == ["0.txt"]
     value = file_storage.read_task("sel", "boxes")
     assert value["a"].value == 1 and value["b"][0].value == 2
 
