@@ -108,7 +108,7 @@ class Workflow:
         progress: Any = False,
         resume: str = "fingerprint",
     ):
-        from .manager import _check_plugin_args
+        from .validate import check_plugin_args
 
         where = f"{type(self).__name__}({workflow_name!r})"
         self.leaves = graph.as_leaves(nodes, where=where)
@@ -116,7 +116,7 @@ class Workflow:
         self.nodes = graph.closure(self.leaves)
         self.storage: Any = None
         self.node_attrs: dict[Node, dict] = {}
-        self._plugins, self._disable = _check_plugin_args(plugins, disable)
+        self._plugins, self._disable = check_plugin_args(plugins, disable, where)
         self._trace = trace
         self.record = record
         self.progress = progress

@@ -8,7 +8,6 @@ creation, which is topological because a node's arguments exist before it.
 from __future__ import annotations
 
 import operator
-import re
 from typing import Iterable
 
 from .errors import NotANodeError
@@ -76,7 +75,9 @@ def find_nodes(nodes: Iterable[Node], pattern: str | None = None) -> list[Node]:
     """The nodes whose name matches ``pattern`` in full (``re.fullmatch``); ``None`` matches all."""
     if pattern is None:
         return list(nodes)
-    regex = re.compile(pattern)
+    from .validate import compile_pattern
+
+    regex = compile_pattern(pattern, "query")
     return [node for node in nodes if regex.fullmatch(node.name)]
 
 

@@ -101,23 +101,9 @@ def plugin_name(plugin: Any) -> str:
 
 
 def _check_plugin_args(plugins: Any, disable: Any) -> tuple[tuple, tuple]:
-    from .errors import InvalidOptionError
+    from .validate import check_plugin_args
 
-    if isinstance(plugins, (str, ModuleType)) or not isinstance(plugins, Iterable):
-        raise InvalidOptionError(
-            f"plugins must be a list of plugin objects, modules or module names, got {type(plugins).__name__} "
-            f"{plugins!r:.60}; write plugins=[{plugins!r:.40}]"
-        )
-    if isinstance(disable, str) or not isinstance(disable, Iterable):
-        raise InvalidOptionError(
-            f"disable must be a list of plugin names, got {type(disable).__name__} {disable!r:.60}; "
-            f"write disable=[{disable!r:.40}]"
-        )
-    disable = tuple(disable)
-    for name in disable:
-        if not isinstance(name, str):
-            raise InvalidOptionError(f"disable: plugin names are strings, got {type(name).__name__} {name!r:.60}")
-    return tuple(plugins), disable
+    return check_plugin_args(plugins, disable, "functionfuse plugins")
 
 
 def _build(plugins: tuple, disable: tuple, autoload: bool, trace: str | None) -> pluggy.PluginManager:

@@ -37,11 +37,12 @@ def _storage_call(files: FileStorage, method: str, args: tuple) -> Any:
     return getattr(files, method)(*args)
 
 
-def _save_here(files: FileStorage, workflow_name: str, task_name: str, value: Any) -> str:
+def _save_here(files: FileStorage, workflow_name: str, task_name: str, value: Any, fingerprint: Any = None,
+               replaces: Any = None) -> str:
     """Runs on the disk node: save a node's result (Ray brought it here); return this Ray node's id."""
     import ray
 
-    files.save(workflow_name, task_name, value)
+    files.save(workflow_name, task_name, value, fingerprint=fingerprint, replaces=replaces)
     return ray.get_runtime_context().get_node_id()
 
 
@@ -131,12 +132,14 @@ class RayStorage(Storage):
         return self._get(ray, self._options(_remote(ray, "call")).remote(self._shipped(), method, args))
 
     # -- the interface ---------------------------------------------------------------
-    def save(self, workflow_name: str, task_name: str, obj: Any) -> None:
+    def save(self, workflow_name: str, task_name: str, obj: Any, fingerprint: str | None = None,
+             replaces: str | None = None) -> None:
         global last_saved_on
         self.check_names(workflow_name, task_name)
         ray = self._ray()
         remote = self._options(_remote(ray, "save"))
-        last_saved_on = self._get(ray, remote.remote(self._shipped(), workflow_name, task_name, obj))
+        last_saved_on = self._get(ray, remote.remote(self._shipped(), workflow_name, task_name, obj, fingerprint,
+                                                     replaces))
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
         self.check_names(workflow_name, task_name)
@@ -165,6 +168,14 @@ class RayStorage(Storage):
 
     def read_meta(self, workflow_name: str, key: str) -> bytes | None:
         return self._call("read_meta", workflow_name, key)
+
+    def remove_meta(self, workflow_name: str, key: str) -> None:
+        self._call("remove_meta", workflow_name, key)
+
+    def list_fingerprints(self, workflow_name: str) -> dict:
+        return self._call("list_fingerprints", workflow_name)
+
+    keeps_fingerprints = True
 
     def list_meta(self, workflow_name: str, pattern: str = "*") -> list[str]:
         return self._call("list_meta", workflow_name, pattern)

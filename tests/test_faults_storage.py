@@ -678,8 +678,6 @@ def test_plugin_arguments_and_query_patterns_are_checked():
         compile_pattern("[unclosed", "query")
 
 
-@pytest.mark.xfail(strict=True, reason="Workflow(plugins=, disable=) and query() live in functionfuse/base.py and "
-                   "graph.py: they must call functionfuse.validate.check_plugin_args / compile_pattern (the lead wires it)")
 def test_workflow_refuses_string_plugins_and_bad_query_patterns():
     leaf = constant(1).set_name("one")
     with pytest.raises(InvalidOptionError, match="plugins must be a list"):

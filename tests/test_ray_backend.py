@@ -109,10 +109,23 @@ def payload(value):
 
 
 @workflow
-def sleep_and_stamp(i, seconds):
-    start = time.time()
-    time.sleep(seconds)
-    return start, time.time()
+def rendezvous(i, folder, want, patience):
+    """Mark this task active in ``folder``; wait (up to ``patience`` s) until ``want`` are active at once.
+
+    Returns the most tasks it saw active together: what happened, not how long it took.
+    """
+    me = os.path.join(folder, f"active-{i}")
+    open(me, "w").close()
+    deadline = time.monotonic() + patience
+    seen = 0
+    while True:
+        seen = max(seen, sum(1 for f in os.listdir(folder) if f.startswith("active-")))
+        if seen >= want or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)
+    time.sleep(0.05)  # still active while the others look
+    os.remove(me)
+    return seen
 
 
 @workflow
@@ -390,21 +403,17 @@ def test_stateful_node_is_an_actor_and_runs_calls_in_order():
     assert wf.run() == [1, 3, 6, 10, 15, 21, 28, [1, 2, 3, 4, 5, 6, 7]]
 
 
-def test_nodes_run_in_parallel_and_max_pending_tasks_bounds_them():
-    stamps = [sleep_and_stamp(i, 0.3).set_name(f"s{i}") for i in range(4)]
-    parallel = RayWorkflow(*stamps, workflow_name="par").run()
-    assert _max_overlap(parallel) == 2  # 2 CPUs
-    serial = RayWorkflow(*stamps, workflow_name="par").run(max_pending_tasks=1)
-    assert _max_overlap(serial) == 1
-
-
-def _max_overlap(intervals):
-    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    depth = best = 0
-    for _, step in events:
-        depth += step
-        best = max(best, depth)
-    return best
+def test_nodes_run_in_parallel_and_max_pending_tasks_bounds_them(tmp_path):
+    # proven by how many tasks were active at once, never by clocks: a busy machine only makes it slower
+    together = tmp_path / "together"
+    together.mkdir()
+    tasks = [rendezvous(i, str(together), 2, 120).set_name(f"s{i}") for i in range(4)]
+    seen = RayWorkflow(*tasks, workflow_name="par").run()
+    assert max(seen) == 2  # two ran at once (2 CPUs), never more
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    tasks = [rendezvous(i, str(alone), 2, 0.5).set_name(f"s{i}") for i in range(4)]
+    assert RayWorkflow(*tasks, workflow_name="par").run(max_pending_tasks=1) == [1, 1, 1, 1]
 
 
 def test_plugins_prepare_in_driver_in_order_and_run_in_worker():
