@@ -10,7 +10,10 @@ argument is a reference ``node[i]``), the method-call chain of a stateful node
 as dashed purple arrows numbered in call order, and a cluster around each
 stateful object and its calls. Given a run record (``run_record=``, or the
 latest one in ``storage``), each box is coloured by what happened to it in
-that run: computed, read back from storage, failed, not reached.
+that run: computed, read back from storage, failed, not reached. With
+``storage``, a box whose stored result a run now would recompute (its code,
+an argument, a parent or its version changed: :meth:`Workflow.resume_plan`) is
+coloured **stale**, with the reason in the box.
 
 This module imports without graphviz: the package and the ``dot`` program are
 needed only when something is drawn.
@@ -28,7 +31,7 @@ from functionfuse.frontend import Node, Ref
 from functionfuse.markers import hookimpl
 from functionfuse.base import Workflow
 
-__all__ = ["NOTEBOOK_MAX_NODES", "OUTCOME_STYLES", "GraphWorkflow", "build_graph", "notebook_svg"]
+__all__ = ["NOTEBOOK_MAX_NODES", "OUTCOME_STYLES", "STALE", "GraphWorkflow", "build_graph", "notebook_svg"]
 
 #: node attributes per run outcome (see ``plugins_builtin.runrecord.OUTCOMES``)
 OUTCOME_STYLES: dict[str, dict[str, str]] = {
@@ -36,7 +39,11 @@ OUTCOME_STYLES: dict[str, dict[str, str]] = {
     "stored": {"fillcolor": "#bbdefb", "color": "#1565c0"},
     "failed": {"fillcolor": "#ffcdd2", "color": "#c62828", "penwidth": "2.5"},
     "not reached": {"fillcolor": "#eeeeee", "color": "#9e9e9e", "fontcolor": "#757575", "style": "rounded,filled,dashed"},
+    # not a run outcome: a stored result that a run now would recompute (Workflow.plan: "recompute")
+    "stale": {"fillcolor": "#ffe0b2", "color": "#e65100", "penwidth": "2"},
 }
+#: the outcome name of boxes a run now would recompute
+STALE = "stale"
 _PLAIN_STYLE = {"fillcolor": "#ffffff", "color": "#424242"}
 _CHAIN_COLOR = "#6a1b9a"
 _RANKDIRS = ("TB", "LR", "BT", "RL")
@@ -96,15 +103,19 @@ def _seconds(duration: float) -> str:
 
 
 _ERROR_CHARS = 48
+_REASON_CHARS = 60
 
 
-def _label(node: Node, entry: dict | None) -> str:
-    """An HTML-like label: the name; smaller lines for what it calls, how long it took, its error."""
+def _label(node: Node, entry: dict | None, stale: str | None = None) -> str:
+    """An HTML-like label: the name; smaller lines for what it calls, how long it took, its error, why it is stale."""
     lines = [html.escape(node.name)]
     detail = _detail(node)
     if detail is not None:
         lines.append(f'<FONT POINT-SIZE="9" COLOR="#555555">{html.escape(detail)}</FONT>')
-    if entry is not None:
+    if stale is not None:
+        reason = stale if len(stale) <= _REASON_CHARS else stale[: _REASON_CHARS - 3] + "..."
+        lines.append(f'<FONT POINT-SIZE="9" COLOR="#bf360c">stale: {html.escape(reason)}</FONT>')
+    elif entry is not None:
         duration = entry.get("duration")
         if isinstance(duration, (int, float)):
             lines.append(f'<FONT POINT-SIZE="9" COLOR="#333333">{html.escape(_seconds(duration))}</FONT>')
@@ -122,8 +133,10 @@ def _label(node: Node, entry: dict | None) -> str:
 
 
 
-def _tooltip(node: Node, entry: dict | None) -> str:
+def _tooltip(node: Node, entry: dict | None, stale: str | None = None) -> str:
     lines = [node.name, f"{node.kind}: {node.qualname}"]
+    if stale is not None:
+        lines.append(f"stale: a run now recomputes it ({stale})")
     if entry is not None:
         lines.append(f"outcome: {entry.get('outcome')}")
         if isinstance(entry.get("duration"), (int, float)):
@@ -150,11 +163,14 @@ def build_graph(
     rankdir: str = "TB",
     record: dict | None = None,
     stored_only: set[str] | None = None,
+    stale: dict[str, str] | None = None,
 ) -> Any:
     """A ``graphviz.Digraph`` of ``nodes`` (a closed graph in run order).
 
     :param record: a run record (see ``plugins_builtin.runrecord``): boxes are coloured by outcome.
     :param stored_only: without a record, names of stored results: those boxes are coloured as read back.
+    :param stale: node name -> why a run now would recompute its stored result: those boxes are
+        coloured :data:`STALE` (over the record's outcome), with the reason in the box.
     """
     graphviz = _graphviz()
     if rankdir not in _RANKDIRS:
@@ -167,6 +183,9 @@ def build_graph(
     elif stored_only is not None:
         outcomes = {n: {"outcome": "stored"} for n in stored_only}
         title = f"{name} (stored results)"
+    stale = stale or {}
+    if stale:
+        title += f"; {len(stale)} stale"
     dot = graphviz.Digraph(
         name,
         graph_attr={"rankdir": rankdir, "label": title, "labelloc": "t", "fontname": "Helvetica", "fontsize": "14"},
@@ -191,15 +210,16 @@ def build_graph(
 
     def add_node(graph: Any, node: Node) -> None:
         entry = outcomes.get(node.name)
-        outcome = entry.get("outcome") if entry else None
+        reason = stale.get(node.name)
+        outcome = STALE if reason is not None else entry.get("outcome") if entry else None
         style = OUTCOME_STYLES.get(outcome, _PLAIN_STYLE) if outcome else _PLAIN_STYLE
         if outcome:
             seen_outcomes[outcome] = seen_outcomes.get(outcome, 0) + 1
         css = f"ffnode {node.kind} " + (outcome.replace(" ", "-") if outcome else "no-outcome")
         graph.node(
             ids[node],
-            label=_label(node, entry),
-            tooltip=_tooltip(node, entry),
+            label=_label(node, entry, reason),
+            tooltip=_tooltip(node, entry, reason),
             **{"class": css},
             **style,
         )
@@ -269,6 +289,9 @@ class GraphWorkflow(Workflow):
     :param rankdir: graph direction, ``TB`` (top to bottom), ``LR``, ``BT`` or ``RL``.
     :param run_id: with ``storage``, colour by this run (an id or its prefix) instead of the latest.
     :param run_record: colour by this record (for instance ``LocalWorkflow(...).run_record``).
+    :param stale: with ``storage`` (and no ``run_id``: the picture of now), colour the boxes whose
+        stored result no longer applies as stale, with the reason (:meth:`Workflow.resume_plan`).
+        The fingerprints of every node are computed for it; nothing runs.
     """
 
     backend_name = "graph"
@@ -284,6 +307,7 @@ class GraphWorkflow(Workflow):
         rankdir: str = "TB",
         run_id: str | None = None,
         run_record: dict | None = None,
+        stale: bool = True,
         **options: Any,
     ):
         super().__init__(*nodes, workflow_name=workflow_name, **options)
@@ -304,6 +328,7 @@ class GraphWorkflow(Workflow):
         self.rankdir = rankdir
         self.run_id = run_id
         self.run_record = run_record
+        self.stale = bool(stale)
         if storage is not None:
             self.set_storage(storage)
 
@@ -322,10 +347,24 @@ class GraphWorkflow(Workflow):
                 raise
         return None, set(self.storage.list_tasks(self.workflow_name))
 
+    def stale_nodes(self) -> dict[str, str]:
+        """Node name -> why its stored result no longer applies, so a run now recomputes it.
+
+        From :meth:`resume_plan`: a node with a reason and no stored result that applies (a call
+        replayed only to rebuild a stateful object's state is not stale: its stored result holds).
+        Empty without storage, for an older run (``run_id``), or when nothing of the workflow is stored.
+        """
+        if not self.stale or self.storage is None or self.run_id is not None:
+            return {}
+        if not self.storage.list_tasks(self.workflow_name):
+            return {}  # nothing stored: nothing stale, and no fingerprints to compute
+        plan = self.resume_plan()
+        return {node.name: why for node, why in plan.reasons.items() if node not in plan.sources}
+
     def graph(self) -> Any:
         """The ``graphviz.Digraph`` this backend draws."""
         record, stored = self.colours()
-        return build_graph(self.nodes, self.workflow_name, self.rankdir, record, stored)
+        return build_graph(self.nodes, self.workflow_name, self.rankdir, record, stored, self.stale_nodes())
 
     @property
     def source(self) -> str:

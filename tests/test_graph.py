@@ -247,3 +247,48 @@ def test_examples_of_docs_graph_md_run_as_written(tmp_path, monkeypatch):
     coloured = read_svg((tmp_path / "pictures" / "operations.svg").read_text())
     assert {n.fill for n in coloured.nodes.values()} == {"#bbdefb"}
     assert (tmp_path / "pictures" / "operations.png").read_bytes()[:4] == b"\x89PNG"
+
+
+GRAPH_CALLS: list = []
+
+
+@workflow
+def weigh(x, factor):
+    GRAPH_CALLS.append("weigh")
+    return x * factor
+
+
+@workflow
+def combine(a, b):
+    GRAPH_CALLS.append("combine")
+    return a + b
+
+
+def _weighed(factor):
+    a = weigh(1, factor).set_name("weighed")
+    b = weigh(2, 10).set_name("fixed")
+    return combine(a, b).set_name("combined")
+
+
+def test_nodes_a_run_now_would_recompute_are_stale_with_the_reason(tmp_path):
+    storage = str(tmp_path / "storage")
+    LocalWorkflow(_weighed(2), workflow_name="ops").set_storage(storage).run()
+    fresh = read_svg(GraphWorkflow(_weighed(2), workflow_name="ops", storage=storage).svg())
+    assert not any("stale" in n.classes for n in fresh.nodes.values())  # all still applies
+
+    GRAPH_CALLS.clear()
+    graph = GraphWorkflow(_weighed(3), workflow_name="ops", storage=storage)  # weighed's argument changed
+    source = graph.source
+    svg = read_svg(graph.svg())
+    assert GRAPH_CALLS == []  # drawing runs nothing
+    assert sorted(n for n, box in svg.nodes.items() if "stale" in box.classes) == ["combined", "weighed"]
+    assert svg.nodes["weighed"].texts == ["weighed", "stale: argument changed"]
+    assert svg.nodes["combined"].texts == ["combined", "stale: parent recomputed"]
+    assert svg.nodes["weighed"].fill == "#ffe0b2" and svg.nodes["weighed"].stroke == "#e65100"
+    assert "stale" not in svg.nodes["fixed"].classes and svg.nodes["fixed"].fill == "#c8e6c9"  # as last run
+    assert "stale: a run now recomputes it (argument changed)" in svg.nodes["weighed"].tooltip
+    assert svg.legend == ["computed", "1", "stale", "2"]
+    assert "; 2 stale" in svg.title
+    assert 'class="ffnode call stale"' in source and "stale: parent recomputed" in source
+    # an older run, or stale=False: the record's colours alone
+    assert "stale" not in GraphWorkflow(_weighed(3), workflow_name="ops", storage=storage, stale=False).source
