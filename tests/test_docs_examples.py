@@ -44,6 +44,7 @@ RUNNERS = {
     "docs/plugins.md": "tests/test_docs_examples.py::test_plugins_md",
     "docs/hooks.md": "tests/test_docs_examples.py::test_hooks_md",
     "docs/backends-addons.md": "tests/test_docs_examples.py::test_backends_addons_md",
+    "docs/concepts.md": "tests/test_resume_fingerprint.py::test_docs_concepts_md_runs_as_written",
     "contrib/kfp/README.md": "tests/test_contrib_kfp.py::test_readme_example_runs",
     "contrib/prefect/README.md": "tests/test_contrib_prefect.py::test_readme_example_runs_as_written",
     "contrib/raydag/README.md": "tests/test_contrib_raydag.py::test_readme_example_runs",

@@ -456,7 +456,7 @@ def test_set_fingerprint_exclude_leaves_the_argument_out(tmp_path):
 
 @pytest.mark.xfail(strict=True, reason=(
     "core bug: NoFingerprint(value) reaches the function wrapped; fingerprint.strip_no_fingerprint exists "
-    "but nodecall.run_node_call (functionfuse/nodecall.py, resolve_args then func(*args)) never calls it"))
+    "but run_node_call (functionfuse/nodecall.py:400, resolve_args, then :408 func(*args)) never calls it"))
 def test_no_fingerprint_is_unwrapped_before_the_function_sees_it(tmp_path):
     SEEN.clear()
     lock = threading.Lock()
@@ -541,3 +541,17 @@ def test_a_changed_method_argument_is_the_reason_not_its_replayed_parents(tmp_pa
     wf = LocalWorkflow(*_tally(1, last=4), workflow_name="t").set_storage(str(tmp_path / "st"))
     wf.run()
     assert wf.run_record["recomputed"]["second"] == "argument changed"
+
+
+def test_docs_concepts_md_runs_as_written(tmp_path, monkeypatch):
+    from doc_examples import run_blocks
+
+    import types
+
+    monkeypatch.chdir(tmp_path)
+    # the page's code is a user's script or notebook: its module is __main__ (here, not pytest's own)
+    main = types.ModuleType("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    namespace = main.__dict__
+    assert len(run_blocks("docs/concepts.md", namespace)) == 3
+    assert namespace["wf"].run_record["counts"]["computed"] == 1  # the last block's node, with its lock
