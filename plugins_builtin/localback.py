@@ -13,7 +13,7 @@ from typing import Any
 
 from functionfuse.base import READ, Run, Workflow, info_of
 from functionfuse.markers import hookimpl
-from functionfuse.nodecall import run_node_call, worker_location
+from functionfuse.nodecall import CALL, NodeCall, run_node_call, worker_location
 
 __all__ = ["LocalWorkflow"]
 
@@ -29,6 +29,8 @@ class LocalWorkflow(Workflow):
     backend_name = "local"
 
     def _submit_and_collect(self, run: Run) -> list:
+        if run.plain and not self.node_attrs and not run.prepares_every_node:
+            return self._run_plain(run)
         results: dict = {}
         remaining = run.consumers()
         steps = run.steps()
@@ -64,6 +66,29 @@ class LocalWorkflow(Workflow):
                 elif parent not in keep:
                     del remaining[parent]
                     results.pop(parent, None)
+        return [results[leaf] for leaf in self.leaves]
+
+
+    def _run_plain(self, run: Run) -> list:
+        """No storage, no per-node hook, no node attribute: one node call object, refilled per node."""
+        results: dict = {}
+        remaining = run.consumers()
+        keep = set(self.leaves)
+        call = NodeCall(None, self.workflow_name, CALL, None, None)
+        for node in self.nodes:
+            call.func = node.func
+            call.template = node
+            try:
+                results[node] = run_node_call(call, results)[0]
+            except Exception as exc:
+                run.fail(node, exc)
+            for parent in node.parents:
+                left = remaining[parent] - 1
+                if left:
+                    remaining[parent] = left
+                elif parent not in keep:
+                    del remaining[parent]
+                    del results[parent]
         return [results[leaf] for leaf in self.leaves]
 
 
