@@ -22,6 +22,8 @@ Names are literal paths everywhere; only arguments called ``pattern`` are globs.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import io
 import os
@@ -674,6 +676,55 @@ class FileStorage(Storage):
         folder = f"{self._workflow_dir(workflow_name)}/{META_DIR}"
         self._ensure_dir(folder)
         self._write_atomic(f"{folder}/{key}", b"", data)
+
+    @_reported
+    def create_meta(self, workflow_name: str, key: str, data: bytes) -> bool:
+        """Save ``data`` under ``key`` only if nothing is stored there: True when this call created it.
+
+        Atomic, for locks: of several processes creating one key at once exactly one gets True,
+        and a reader sees the whole of ``data`` or nothing. Locally a complete temporary is
+        hard-linked into place (``link`` fails when the name exists); on S3 one put with
+        ``If-None-Match: *``; other fsspec filesystems open the file with mode ``"xb"``
+        (as atomic as the filesystem makes it). Put a unique token in ``data``: a put retried
+        after a lost answer finds its own bytes, and counts as created.
+        """
+        self.check_names(workflow_name, key)
+        folder = f"{self._workflow_dir(workflow_name)}/{META_DIR}"
+        self._ensure_dir(folder)
+        path = f"{folder}/{key}"
+        if self.local:
+            tmp = os.path.join(folder, f"{TMP_PREFIX}{writer_tag()}")
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                os.link(tmp, path)
+            except FileExistsError:
+                return False
+            except OSError as exc:  # a filesystem without hard links: create-exclusive, then write
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                try:
+                    handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                except FileExistsError:
+                    return False
+                with os.fdopen(handle, "wb") as out:
+                    out.write(data)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return True
+        try:
+            if self.object_store:
+                self.fs.pipe_file(path, data, mode="create", **self._deadline)
+            else:
+                with self.fs.open(path, "xb") as handle:
+                    handle.write(data)
+        except FileExistsError:
+            try:
+                return self._read_bytes(path) == data
+            except FileNotFoundError:  # removed since: the caller looks again
+                return False
+        return True
 
     @_reported
     def read_meta(self, workflow_name: str, key: str) -> bytes | None:

@@ -631,3 +631,220 @@ def test_readme_example_runs(ray_cluster, tmp_path):
     namespace["ff_backends"](lambda *args, **kwargs: shown.append((args, kwargs)))
     functionfuse_raydag.plugin.ff_backends(lambda *args, **kwargs: registered.append((args, kwargs)))
     assert shown == registered
+
+
+# ---------------------------------------------------------------------------
+# the run lock: one driver per workflow name (issue 14 item 2)
+# ---------------------------------------------------------------------------
+
+RACE_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import functionfuse
+    from functionfuse import workflow
+    from functionfuse.markers import hookimpl
+
+    storage_path, record_dir, address, me = sys.argv[1:5]
+
+    @workflow
+    def step(x, label):
+        with open(os.path.join(record_dir, label), "a") as handle:
+            handle.write(me + "\\n")
+        time.sleep(1.0)
+        return x + 1
+
+    def barrier(stage, wait):
+        open(os.path.join(record_dir, stage + "-" + me), "w").close()
+        deadline = time.time() + wait
+        while len([f for f in os.listdir(record_dir) if f.startswith(stage + "-")]) < 2 and time.time() < deadline:
+            time.sleep(0.005)
+
+    class StartBarrier:
+        # A run that starts slowly (a big graph to fingerprint): a driver past its start-up checks
+        # waits here for the other one, at most 10 s, before it writes its plan and record.
+        @hookimpl
+        def ff_before_run(self, context):
+            barrier("started", 10)
+
+    leaf = step(step(0, "a").set_name("a"), "b").set_name("b")
+    barrier("ready", 60)  # both drivers are built and imported before either starts its run
+    print(functionfuse.run(leaf, backend="raydag", workflow_name="race", storage=storage_path,
+                           plugins=[StartBarrier()], ray_init_args={"address": address}))
+    """
+)
+
+
+@pytest.mark.timeout(150)
+def test_two_drivers_started_together_only_one_runs(ray_cluster, tmp_path):
+    storage_path = tmp_path / "storage"
+    records_dir = tmp_path / "records"
+    records_dir.mkdir()
+    script = tmp_path / "race.py"
+    script.write_text(RACE_SCRIPT)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    drivers = [
+        subprocess.Popen([sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster, me],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for me in ("one", "two")
+    ]
+    outcomes = []
+    try:
+        for driver in drivers:
+            out, err = driver.communicate(timeout=120)
+            outcomes.append((driver.returncode, out.decode(), err.decode()))
+    finally:
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
+                driver.wait()
+    winners = [i for i, (code, _, _) in enumerate(outcomes) if code == 0]
+    assert len(winners) == 1, [(code, err[-1500:]) for code, _, err in outcomes]
+    winner, loser = drivers[winners[0]], drivers[1 - winners[0]]
+    assert outcomes[winners[0]][1].strip().splitlines()[-1] == "2"
+    loser_err = outcomes[1 - winners[0]][2]
+    # The loser names the workflow and the driver that runs it, and computed nothing.
+    assert "WorkflowRunningError" in loser_err, loser_err[-2000:]
+    assert f"'race' is being run by another driver (pid {winner.pid} on" in loser_err, loser_err[-2000:]
+    name = ("one", "two")[winners[0]]
+    for label in ("a", "b"):
+        assert (records_dir / label).read_text().split() == [name], label  # computed once, by the winner
+    # One record, the winner's: the loser wrote none, so the status is not overwritten.
+    runs = list_run_records(as_storage(str(storage_path)), "race")
+    assert [(r["status"], r["pid"]) for r in runs] == [("ok", winner.pid)]
+    assert raydag.get_status("race", storage_path) == "SUCCESSFUL"
+    assert loser.returncode != 0
+
+
+def _start_killed_driver(tmp_path, ray_cluster):
+    """DRIVER_SCRIPT in a subprocess, once it has saved s0: ``(process, storage path, records folder)``."""
+    storage_path = tmp_path / "storage"
+    records_dir = tmp_path / "records"
+    records_dir.mkdir()
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER_SCRIPT)
+    driver = subprocess.Popen(
+        [sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster],
+        env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    deadline = time.time() + 90
+    while not (storage_path / "killed" / "s0.ffr").exists():
+        if driver.poll() is not None or time.time() > deadline:
+            driver.kill()
+            driver.wait()
+            pytest.fail(f"the driver never saved s0: {driver.stderr.read().decode()[-2000:]}")
+        time.sleep(0.02)
+    return driver, storage_path, records_dir
+
+
+@pytest.mark.timeout(150)
+def test_lock_of_a_sigkilled_driver_does_not_block_the_next_run(ray_cluster, tmp_path):
+    from functionfuse_raydag import records
+
+    driver, storage_path, _ = _start_killed_driver(tmp_path, ray_cluster)
+    storage = as_storage(str(storage_path))
+    assert records.read_lock(storage, "killed")["pid"] == driver.pid  # held while it runs
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    driver.stderr.close()
+    assert records.read_lock(storage, "killed")["pid"] == driver.pid  # a SIGKILLed driver cannot release it
+    assert raydag.get_status("killed", storage_path) == "RESUMABLE"
+    assert raydag.resume("killed", str(storage_path)) == 6 * 100 + 11  # the stale lock is broken
+    assert records.read_lock(storage, "killed") is None  # and the resumed run released its own
+    assert raydag.get_status("killed", storage_path) == "SUCCESSFUL"
+    assert not [key for key in storage.list_meta("killed") if key.startswith(records.LOCK_KEY)]  # no breaker left
+
+
+@pytest.mark.timeout(150)
+def test_ctrl_c_releases_the_lock(ray_cluster, tmp_path):
+    from functionfuse_raydag import records
+
+    driver, storage_path, _ = _start_killed_driver(tmp_path, ray_cluster)
+    driver.send_signal(signal.SIGINT)
+    _, err = driver.communicate(timeout=60)
+    assert driver.returncode != 0 and b"KeyboardInterrupt" in err, err.decode()[-2000:]
+    assert records.read_lock(as_storage(str(storage_path)), "killed") is None
+    assert raydag.get_status("killed", storage_path) == "RESUMABLE"
+    assert raydag.resume("killed", str(storage_path)) == 6 * 100 + 11
+
+
+def test_lock_refuses_a_live_driver_and_breaks_a_dead_ones(store):
+    """Without Ray: the lock's three cases, with real processes (one alive, one SIGKILLed) as holders."""
+    import json
+
+    from functionfuse_raydag import records
+
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    try:
+        for holder, name in ((alive, "live"), (dead, "stale")):
+            lock = dict(records.driver_identity(), pid=holder.pid, proc_start=records._process_start(holder.pid),
+                        since=time.time(), token=name)
+            assert store.create_meta(name, records.LOCK_KEY, json.dumps(lock).encode())
+        wf = RayWorkflow(add(1, 2).set_name("n"), workflow_name="live")
+        wf.set_storage(store)
+        with pytest.raises(raydag.WorkflowRunningError, match=f"'live' is being run by another driver "
+                                                              f"\\(pid {alive.pid} on .*wait for it"):
+            wf.run()
+        assert store.list_tasks("live") == [] and records.read_record(store, "live") is None  # nothing written
+        taken = records.take_lock(store, "stale")  # the dead holder's lock is broken
+        assert records.read_lock(store, "stale")["token"] == taken.holder["token"]
+        with pytest.raises(raydag.WorkflowRunningError, match=f"pid {os.getpid()} "):
+            records.take_lock(store, "stale")  # held by this process now
+        taken.release()
+        assert records.read_lock(store, "stale") is None
+        # A lock from another host cannot be checked: refused, saying how to remove it.
+        other_host = dict(pid=1, host="elsewhere.example", since=time.time(), token="far")
+        assert store.create_meta("far", records.LOCK_KEY, json.dumps(other_host).encode())
+        with pytest.raises(raydag.WorkflowRunningError, match="pid 1 on elsewhere.example.*remove_meta"):
+            records.take_lock(store, "far")
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_create_meta_is_create_exclusive_locally_and_on_memory(tmp_path):
+    for storage in (as_storage(str(tmp_path / "st")), as_storage(f"memory://ff-lock-{os.getpid()}")):
+        assert storage.create_meta("w", "k", b"first") is True
+        assert storage.create_meta("w", "k", b"second") is False
+        assert storage.read_meta("w", "k") == b"first"
+        storage.remove_meta("w", "k")
+        assert storage.create_meta("w", "k", b"third") is True
+        assert storage.list_meta("w") == ["k"]  # no temporary left behind
+
+
+@pytest.mark.timeout(120)
+def test_create_meta_on_s3_is_a_conditional_put_and_one_of_many_drivers_wins(tmp_path):
+    """moto's server over HTTP: If-None-Match: * refuses the second put; 8 threads race for one lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from functionfuse_raydag import records
+    from s3_fixtures import running_moto
+
+    with running_moto() as server:
+        bucket = server.new_bucket("fflock")
+        s3 = storage_factory(server.storage_options(f"{bucket}/ff"))
+        assert s3.create_meta("w", "k", b"first") is True
+        assert s3.create_meta("w", "k", b"second") is False
+        assert s3.read_meta("w", "k") == b"first"
+        assert s3.create_meta("w", "k", b"first") is True  # its own bytes: a retried put that had landed
+
+        barrier = threading.Barrier(8)
+
+        def take(_):
+            barrier.wait()
+            try:
+                return records.take_lock(s3, "raced")
+            except raydag.WorkflowRunningError:
+                return None
+
+        with ThreadPoolExecutor(8) as pool:
+            taken = [lock for lock in pool.map(take, range(8)) if lock is not None]
+        assert len(taken) == 1
+        assert records.read_lock(s3, "raced")["token"] == taken[0].holder["token"]
+        taken[0].release()
+        assert records.read_lock(s3, "raced") is None

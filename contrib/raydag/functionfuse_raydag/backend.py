@@ -149,15 +149,19 @@ class RayWorkflow(Workflow):
 
         :raises NodeExecutionError: naming the node that failed (its exception is ``__cause__``);
             the workflow's status becomes FAILED and finished nodes stay saved.
-        :raises WorkflowRunningError: when another live driver is running this workflow.
+        :raises WorkflowRunningError: when another live driver is running this workflow; it holds the
+            run lock, taken before anything is written and released when the run ends, however it ends.
         """
-        return super().run()
+        self._check_run_options({})
+        # Before the run's record and plan: a refused driver writes nothing, so the status stays the runner's.
+        with records.take_lock(self.storage, self.workflow_name):
+            _refuse_if_running(self.storage, self.workflow_name)  # a driver that took no lock (an older version)
+            return self.new_run().envelope(self._submit_and_collect, {})
 
     def _check_run_options(self, options: dict) -> None:
         super()._check_run_options(options)
         if self.storage is None:
             self.storage = records.default_storage()
-        _refuse_if_running(self.storage, self.workflow_name)
 
     def _call(self, run: Run, node: Any, action: str) -> tuple:
         """The node call of ``node`` and its dependencies: the core's, or the stored plan's when resuming."""

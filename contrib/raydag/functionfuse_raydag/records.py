@@ -6,10 +6,18 @@ saves its record once more when it starts, with status ``running`` and the
 driver's pid, host and process start time, the leaves' names and how many
 runs the workflow had, so a driver that dies leaves a record saying so.
 
+One driver at a time runs a workflow: :func:`take_lock` creates the run lock
+(``raydag-lock``, naming the driver) with the storage's atomic
+``create_meta`` before the plan is written, and the run removes it when it
+ends, however it ends. A lock whose driver is dead (its pid on this host is
+gone) is stale and broken by the next run; a lock from another host is taken
+as alive, since its driver cannot be checked from here.
+
 Everything here reads storage metadata only (no Ray), so status, listing and
 output work from any process that can reach the storage. Metadata keys under
-``<workflow>/.ffmeta/``: the run records (``runrecord-*.json``), and
-``raydag-plan``, the cloudpickled :class:`~functionfuse_raydag.plan.Plan`.
+``<workflow>/.ffmeta/``: the run records (``runrecord-*.json``),
+``raydag-plan``, the cloudpickled :class:`~functionfuse_raydag.plan.Plan`, and
+``raydag-lock`` while a driver runs it.
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -24,7 +34,7 @@ from functionfuse.errors import InvalidOptionError, RunRecordNotFoundError
 from functionfuse.storage import as_storage
 from plugins_builtin import runrecord
 
-from .errors import WorkflowNotFinishedError, WorkflowNotFoundError
+from .errors import WorkflowNotFinishedError, WorkflowNotFoundError, WorkflowRunningError
 
 __all__ = [
     "FAILED",
@@ -48,6 +58,9 @@ STATUSES = (RUNNING, SUCCESSFUL, FAILED, RESUMABLE)
 _STATUS_OF = {"running": RUNNING, "ok": SUCCESSFUL, "failed": FAILED}
 
 PLAN_KEY = "raydag-plan"
+LOCK_KEY = "raydag-lock"
+#: seconds a driver keeps trying while other drivers break a stale lock at the same time
+LOCK_CONTENTION_WAIT = 10.0
 STORAGE_ENV = "FUNCTIONFUSE_RAYDAG_STORAGE"
 
 
@@ -111,6 +124,117 @@ def driver_alive(record: dict) -> bool | None:
     recorded = record.get("proc_start")
     # Another process that got the same pid later is not the driver.
     return recorded is None or len(fields) <= 19 or fields[19] == recorded
+
+
+# ---------------------------------------------------------------------------
+# the run lock: one driver per workflow
+# ---------------------------------------------------------------------------
+
+
+def describe_driver(holder: dict) -> str:
+    """``pid N on HOST`` (and since when), for messages."""
+    since = holder.get("since")
+    when = time.strftime(", since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{when}"
+
+
+def _parse(data: bytes) -> dict:
+    try:
+        holder = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _create(storage: Any, workflow_name: str, key: str, data: bytes) -> bool:
+    create = getattr(storage, "create_meta", None)
+    if create is not None:
+        return bool(create(workflow_name, key, data))
+    # A storage without create-exclusive (a duck-typed one): check, then write; not atomic.
+    if storage.read_meta(workflow_name, key) is not None:
+        return False
+    storage.save_meta(workflow_name, key, data)
+    return True
+
+
+class RunLock:
+    """The run lock of one workflow, held by this driver; :meth:`release` removes it (a context manager).
+
+    :ivar holder: what the lock says: the driver's ``pid``, ``host``, ``proc_start``, ``since`` and a ``token``.
+    """
+
+    def __init__(self, storage: Any, workflow_name: str, holder: dict, data: bytes):
+        self.storage = storage
+        self.workflow_name = workflow_name
+        self.holder = holder
+        self._data = data
+
+    def release(self) -> None:
+        """Remove the lock if it is still this driver's (nothing happens when it is not)."""
+        storage, data = self.storage, self._data
+        if data is None:
+            return
+        self._data = None
+        if storage.read_meta(self.workflow_name, LOCK_KEY) == data:
+            storage.remove_meta(self.workflow_name, LOCK_KEY)
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+def take_lock(storage: Any, workflow_name: str) -> RunLock:
+    """Take the run lock of ``workflow_name`` atomically, breaking a stale one (its driver is dead).
+
+    :raises WorkflowRunningError: naming the workflow and the driver holding the lock, when that
+        driver is alive or cannot be checked (it runs on another host).
+    """
+    holder = dict(driver_identity(), since=time.time(), token=uuid.uuid4().hex)
+    data = json.dumps(holder).encode("utf-8")
+    deadline = time.monotonic() + LOCK_CONTENTION_WAIT
+    while True:
+        if time.monotonic() > deadline:
+            raise WorkflowRunningError(
+                f"raydag: workflow {workflow_name!r}: other drivers kept taking and releasing its lock "
+                f"{LOCK_KEY!r} for {LOCK_CONTENTION_WAIT:g} s; try again"
+            )
+        if _create(storage, workflow_name, LOCK_KEY, data):
+            return RunLock(storage, workflow_name, holder, data)
+        held = storage.read_meta(workflow_name, LOCK_KEY)
+        if held is None:
+            continue  # released in between: try again
+        other = _parse(held)
+        alive = driver_alive(other) if other else None
+        if alive is not False:
+            where = storage.describe() if callable(getattr(storage, "describe", None)) else repr(storage)
+            hint = ("wait for it, or kill it and resume" if alive else
+                    f"if that driver is gone, remove the lock: storage.remove_meta({workflow_name!r}, {LOCK_KEY!r})")
+            raise WorkflowRunningError(
+                f"raydag: workflow {workflow_name!r} is being run by another driver ({describe_driver(other)}; "
+                f"its lock {LOCK_KEY!r} in {where}); {hint}"
+            )
+        # Stale. Several drivers may find it at once: only the one that creates the breaker of this
+        # very lock removes it, after checking that it is still the lock it found.
+        breaker = f"{LOCK_KEY}-broken-{str(other.get('token', 'none'))[:32]}"
+        if _create(storage, workflow_name, breaker, data):
+            try:
+                if storage.read_meta(workflow_name, LOCK_KEY) == held:
+                    storage.remove_meta(workflow_name, LOCK_KEY)
+            finally:
+                storage.remove_meta(workflow_name, breaker)
+            continue
+        breaking = storage.read_meta(workflow_name, breaker)
+        if breaking is not None and driver_alive(_parse(breaking)) is False:
+            storage.remove_meta(workflow_name, breaker)  # a breaker that died breaking it
+        time.sleep(0.05)
+
+
+def read_lock(storage: Any, workflow_name: str) -> dict | None:
+    """Who holds the run lock of ``workflow_name`` (the lock's fields), or ``None`` when nobody does."""
+    data = storage.read_meta(workflow_name, LOCK_KEY)
+    return None if data is None else _parse(data)
 
 
 # ---------------------------------------------------------------------------
