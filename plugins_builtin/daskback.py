@@ -54,6 +54,10 @@ REMOTE_ARGS = {
 }
 
 
+#: seconds a stateful node waits for a first worker to pin its instance to, when the cluster has none
+PIN_WAIT = 60
+
+
 def ensure_distributed() -> Any:
     """Import ``distributed``, or name the extra to install."""
     try:
@@ -224,6 +228,7 @@ class DaskWorkflow(Workflow):
         session = _Session(self, run, client)
         try:
             session.submit_all()
+            session.release()
             session.collect()
             return session.leaves()
         except BaseException:
@@ -311,6 +316,15 @@ class _Session:
             elif node in self.workflow.leaves or not _has_computed_child(node, to_compute):
                 self.watch(node, future)
 
+    def release(self) -> None:
+        """Let go of the futures the driver no longer needs once everything is submitted.
+
+        Dask keeps a result while a task that takes it is pending; without the driver's futures it
+        frees each one as soon as its last consumer ran, as the local backend does.
+        """
+        keep = set(self.workflow.leaves) | set(self.restricted) | set(self.pinned)
+        self.futures = {node: future for node, future in self.futures.items() if node in keep}
+
     def watch(self, node: Node, future: Any) -> None:
         self.watched.append(future)
         self.watched_nodes[future.key] = node
@@ -318,11 +332,16 @@ class _Session:
     def pin(self, obj: Node, options: dict) -> str:
         """The worker that will hold the stateful node ``obj``: the least loaded one its options allow."""
         workers = self.workers()
+        if not workers:  # an adaptive cluster (dask-jobqueue) may have none yet: its first one will do
+            with contextlib.suppress(Exception):
+                self.client.wait_for_workers(1, timeout=PIN_WAIT)
+            workers = self._workers = _workers(self.client)
         eligible = _eligible(workers, options) if workers else []
         if not eligible:
             raise InvalidOptionError(
                 _refusal(f"stateful node {obj.name!r} of workflow {self.workflow.workflow_name!r}", options, workers)
-                if workers else f"stateful node {obj.name!r}: the Dask cluster has no worker to hold it"
+                if workers else f"stateful node {obj.name!r} of workflow {self.workflow.workflow_name!r}: the Dask "
+                f"cluster has no worker to hold it (none joined within {PIN_WAIT} s)"
             )
         load = {address: 0 for address in eligible}
         for address in self.pinned.values():
@@ -382,9 +401,10 @@ class _Session:
             if future is None or future.done():
                 continue
             if not _eligible(workers, options):
-                holder = self.pinned.get(node if node.kind == "object" else getattr(node, "obj", None))
+                obj = node if node.kind == "object" else getattr(node, "obj", None)
+                holder = self.pinned.get(obj)
                 if holder is not None:
-                    message = f"the Dask worker {holder} holding stateful node {node.name!r}'s instance left the cluster"
+                    message = f"the Dask worker {holder} holding the instance of stateful node {obj.name!r} left the cluster"
                 else:
                     message = f"no live Dask worker can run it any more: {_refusal('it', options, workers)}"
                 self.run.fail(node, WorkerLostError(message, holder), {}, message)

@@ -448,6 +448,55 @@ def test_a_worker_killed_mid_node_is_named_and_the_run_resumes(cluster, client, 
     assert outcomes == {"before": "stored", "victim": "computed", "after": "computed"}
 
 
+@workflow
+def wait_for(flag):
+    for _ in range(600):
+        if os.path.exists(flag):
+            return 1
+        time.sleep(0.1)
+    raise TimeoutError(flag)
+
+
+@workflow
+class Holder:
+    def __init__(self, pid_file):
+        Path(pid_file).write_text(str(os.getpid()))
+        self.n = 0
+
+    def add(self, k):
+        self.n += k
+        return self.n
+
+
+def test_a_stateful_node_whose_worker_leaves_while_idle_fails_instead_of_waiting(cluster, client, tmp_path):
+    # Nothing runs on the holder when it dies, so Dask reports no KilledWorker: its pinned calls
+    # would wait for it forever. The run must notice and name the stateful node instead.
+    holder = cluster.start_worker("holder", "holder=1")
+    client.wait_for_workers(len(client.scheduler_info(n_workers=-1)["workers"]) + 1, timeout=60)
+    pid_file, flag = tmp_path / "pid", tmp_path / "go"
+    obj = Holder(str(pid_file)).set_name("kept")
+    call = obj.add(wait_for(str(flag)).set_name("slow")).set_name("inc")
+    wf = DaskWorkflow(call, workflow_name="left", client=client)
+    wf.query("^kept$").set_remote_args({"resources": {"holder": 1}})
+
+    def kill_when_held():
+        for _ in range(600):
+            if pid_file.exists() and pid_file.read_text():
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+                holder.wait(timeout=30)
+                flag.touch()  # now the call could run, but its instance is gone
+                return
+            time.sleep(0.1)
+
+    killer = threading.Thread(target=kill_when_held, daemon=True)
+    killer.start()
+    # (killed in the instant between the pid file and the constructor's return, Dask names it: KilledWorker)
+    with pytest.raises(NodeExecutionError, match=r"node '(kept|inc)' of workflow 'left' failed: .*(holding the "
+                                                 r"instance of stateful node 'kept' left the cluster|running it died)"):
+        wf.run()
+    killer.join(timeout=60)
+
+
 # ---------------------------------------------------------------------------
 # hooks of a third-party plugin fire in the workers
 # ---------------------------------------------------------------------------
