@@ -454,3 +454,60 @@ def test_readme_example_runs_as_written(tmp_path, monkeypatch):
     run_blocks("contrib/prefect/README.md", {"__name__": "readme_example"})  # every block, in order
     stored = functionfuse.storage.as_storage(str(tmp_path / "storage"))
     assert stored.list_tasks("operations") == ["node1", "node2", "node3"]
+
+
+# ---------------------------------------------------------------------------
+# a node blocked in C code (issue 14 item 8)
+# ---------------------------------------------------------------------------
+
+
+@workflow
+def blocked_in_c(seconds):
+    import ctypes
+
+    ctypes.CDLL(None).sleep(seconds)  # libc sleep(3): the thread is inside C, no Python bytecode runs
+    return "woke"
+
+
+def _warm_up_prefect():
+    # The ephemeral API server starts on the first flow of the module: keep that out of the timings.
+    assert functionfuse.run(add(1, 1), backend="prefect", workflow_name="warm") == 2
+
+
+@pytest.mark.timeout(120)
+def test_set_timeout_stops_a_node_blocked_in_c_code(tmp_path):
+    """query(...).set_timeout holds on prefect: run_node_call waits for the node's thread with the limit."""
+    import time
+
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+    from functionfuse.errors import NodeTimeoutError
+
+    _warm_up_prefect()
+    wf = PrefectWorkflow(add(blocked_in_c(60).set_name("stuck"), "!").set_name("after"), workflow_name="c-code")
+    wf.query("^stuck$").set_timeout(2)
+    wf.set_storage(str(tmp_path / "storage"))
+    began = time.monotonic()
+    with pytest.raises(NodeTimeoutError, match="node 'stuck' of workflow 'c-code'.*time limit of 2 s") as caught:
+        wf.run()
+    took = time.monotonic() - began
+    assert took < 30, took  # about 3 s: the limit and a flow run; without it, 60 s
+    assert caught.value.__class__ is NodeTimeoutError
+    record = read_run_record(wf.storage, "c-code")
+    assert record["nodes"]["stuck"]["outcome"] == "failed" and "NodeTimeoutError" in record["nodes"]["stuck"]["error"]
+    assert record["nodes"]["after"]["outcome"] == "not reached"
+
+
+@pytest.mark.timeout(120)
+def test_prefect_timeout_seconds_does_not_stop_a_node_blocked_in_c_code():
+    """What the README says: Prefect's own timeout_seconds fires only when the C call returns."""
+    import time
+
+    from functionfuse.backends.addons.prefectback import PrefectWorkflow
+
+    _warm_up_prefect()
+    wf = PrefectWorkflow(blocked_in_c(6).set_name("stuck"), workflow_name="c-code-prefect")
+    wf.query("^stuck$").set_task_args({"timeout_seconds": 1})
+    began = time.monotonic()
+    with pytest.raises(NodeExecutionError, match="node 'stuck'.*TimeoutError"):
+        wf.run()
+    assert time.monotonic() - began >= 5.5  # the whole 6 s block, not the 1 s limit
