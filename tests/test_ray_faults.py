@@ -161,3 +161,62 @@ def test_an_inner_value_ray_cannot_serialise_names_the_producer_not_the_consumer
     with pytest.raises(NodeExecutionError) as info:
         wf.run()
     assert info.value.node_name == "producer", info.value
+
+
+# ---------------------------------------------------------------------------
+# max_pending_tasks frees the object store (issue 14 item 4)
+# ---------------------------------------------------------------------------
+
+BIG = 40 * 1024**2
+
+
+@workflow
+def big_value(i):
+    return bytes([i]) * BIG
+
+
+@workflow
+def shrink(value):
+    time.sleep(0.2)  # consumers are slower than producers, so values would pile up in the store
+    return len(value) + value[0]
+
+
+@workflow
+def total_of(*values):
+    return sum(values)
+
+
+def _store_stats(ray):
+    """The cluster's object store counters (every raylet's, summed by the one asked)."""
+    from ray._private.internal_api import get_memory_info_reply, get_state_from_address
+
+    return get_memory_info_reply(get_state_from_address(ray.get_runtime_context().gcs_address)).store_stats
+
+
+@pytest.mark.timeout(300)
+def test_max_pending_tasks_frees_values_so_a_small_object_store_does_not_spill(cluster):
+    """8 values of 40 MB (320 MB) through a 200 MB object store, at most 2 nodes in flight: nothing is spilled.
+
+    With 2 nodes in flight at most 3 values are alive at once (a consumer's argument, a producer's new
+    value, one waiting for its consumer): 120 MB. Ray spills past 80 % of the store (its
+    object_spilling_threshold), 160 MB here; a driver that kept every value's ObjectRef spills 160 MB.
+    """
+    import ray
+
+    from functionfuse.backends.builtin.rayback import RayWorkflow
+
+    small = cluster.add_node(num_cpus=2, object_store_memory=200 * 1024**2, resources={"_small_store": 100})
+    cluster.wait_for_nodes()
+    try:
+        leaf = total_of(*[shrink(big_value(i).set_name(f"big{i}")).set_name(f"shrink{i}") for i in range(8)])
+        wf = RayWorkflow(leaf.set_name("total"), workflow_name="bounded")
+        wf.query("^.*$").set_remote_args({"resources": {"_small_store": 1}})  # every value lives in the small store
+        before = _store_stats(ray).spilled_bytes_total
+        assert wf.run(max_pending_tasks=2) == 8 * BIG + sum(range(8))
+        time.sleep(1.0)  # spilling is asynchronous: let a late one show in the counters
+        stats = _store_stats(ray)
+        spilled = stats.spilled_bytes_total - before
+        assert spilled == 0, f"{spilled / 1024**2:.0f} MiB spilled ({stats.spilled_objects_total} objects in all)"
+        assert stats.cumulative_created_bytes >= 8 * BIG  # the values really went through the object store
+    finally:
+        cluster.remove_node(small)
