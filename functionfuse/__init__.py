@@ -11,8 +11,11 @@
 
 from .api import backend_class, run
 from .errors import FunctionFuseError
-from .frontend import Node, Ref, task, workflow
+from .frontend import NoFingerprint, Node, Ref, task, workflow
 from .markers import hookimpl, hookspec
 
-__all__ = ["workflow", "task", "run", "backend_class", "hookimpl", "hookspec", "Node", "Ref", "FunctionFuseError"]
+__all__ = [
+    "workflow", "task", "run", "backend_class", "hookimpl", "hookspec", "Node", "Ref", "NoFingerprint",
+    "FunctionFuseError",
+]
 __version__ = "0.1.0"

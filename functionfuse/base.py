@@ -285,11 +285,16 @@ class Workflow:
                 continue
             name = node.name
             if node.kind == OBJECT:
-                recomputed.add(node)
+                # rebuilt; its calls were recomputed because of it only when its own call changed
+                if (entries.get(name) or {}).get("fp") != fps.get(node):
+                    recomputed.add(node)
                 continue
             if name not in stored:
+                if node not in usable:
+                    recomputed.add(node)
                 continue
-            recomputed.add(node)
+            if node not in usable:
+                recomputed.add(node)
             if node in rerun:
                 why = "asked to rerun (--rerun)" if node in set(self.find_nodes(self.rerun)) else \
                     "downstream of a node asked to rerun"
@@ -589,6 +594,7 @@ class Run:
             retries = attrs.get("retries")
             call.retries = None if retries is None else RetryPolicy.of(retries)
             call.timeout = attrs.get("timeout")
+            call.kill_on_timeout = bool(attrs.get("timeout_kill"))
             if call.retries is not None or call.timeout is not None:
                 self._policy_calls[node] = call  # in-process backends: finished() reads call.attempts
         return call, deps
@@ -748,7 +754,7 @@ def write_fingerprint_index(workflow: Workflow, plan: ResumePlan, complete: bool
     manifests = dict(old.get("manifests", {}))
     details = getattr(workflow, "_fp_details", {})
     for node, fp in plan.fingerprints.items():
-        if node.kind == OBJECT or not complete and plan.sources.get(node) != node.name:
+        if not complete and node.kind != OBJECT and plan.sources.get(node) != node.name:
             continue
         code_fp, args_fp = details.get(node, (None, None))
         nodes[node.name] = {"fp": fp, "code": code_fp, "args": args_fp}

@@ -49,7 +49,7 @@ from typing import Any, Callable, Iterable
 import xxhash
 
 from .errors import InvalidOptionError, UnfingerprintableError
-from .frontend import Node, Ref, WorkflowClass
+from .frontend import NoFingerprint, Node, Ref, WorkflowClass
 
 __all__ = [
     "NoFingerprint",
@@ -74,27 +74,6 @@ _CALL_SALT = f"{SCHEME}|call|".encode()
 _ARGS_SALT = f"{SCHEME}|args|".encode()
 _ATOM_SALT = f"{SCHEME}|atom|".encode()
 _MISSING = object()
-
-
-class NoFingerprint:
-    """Wrap a top-level argument to leave its value out of the node's fingerprint.
-
-    For arguments that cannot be fingerprinted (an open connection, a lock)
-    or should not count (a progress callback, a logger). The argument's
-    position still counts; its value does not, so changing it never
-    recomputes the node. The function receives the wrapped value itself.
-
-    >>> value_fingerprint(NoFingerprint(open)) == value_fingerprint(NoFingerprint(print))
-    True
-    """
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __repr__(self) -> str:
-        return f"NoFingerprint({self.value!r})"
 
 
 def strip_no_fingerprint(args: Iterable, kwargs: dict) -> tuple[list, dict]:
@@ -564,6 +543,8 @@ def _own_function(func: types.FunctionType, versions: bool) -> _Own:
 _CLASS_SKIP = frozenset({
     "__dict__", "__weakref__", "__module__", "__doc__", "__qualname__", "__firstlineno__",
     "__static_attributes__",
+    # caches Python adds on first use: pickling a class (copyreg) or an isinstance check (abc)
+    "__slotnames__", "_abc_impl",
 })
 
 

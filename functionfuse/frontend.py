@@ -162,6 +162,29 @@ class Ref:
         return result
 
 
+class NoFingerprint:
+    """Wrap a top-level argument to leave its value out of the node's fingerprint.
+
+    For arguments that cannot be fingerprinted (an open connection, a lock)
+    or should not count (a progress callback, a logger). The argument's
+    position still counts; its value does not, so changing it never
+    recomputes the node. The function receives the wrapped value itself (a top-level
+    argument is unwrapped before the call).
+
+    >>> from functionfuse.fingerprint import value_fingerprint
+    >>> value_fingerprint(NoFingerprint(open)) == value_fingerprint(NoFingerprint(print))
+    True
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"NoFingerprint({self.value!r})"
+
+
 def _scan_nested(obj: Any, parents: list) -> bool:
     """Append the nodes held anywhere inside ``obj`` to ``parents``; True if any. No recursion."""
     found = False
@@ -220,6 +243,8 @@ def _substitute(obj: Any, results: dict) -> Any:
         return results[obj]
     if obj.__class__ is Ref:
         return obj.resolve(results[obj.node])
+    if obj.__class__ is NoFingerprint:  # a top-level argument left out of the fingerprint: the function gets its value
+        return obj.value
     if not isinstance(obj, _CONTAINERS):
         return obj
     stack = [[obj, _children(obj), 0, []]]  # frames: container, its children, next index, values
@@ -309,7 +334,7 @@ class Node:
             elif kind == 2:
                 parents.append(a.node)
             else:
-                if _scan_nested(a, parents):
+                if kind == 4 or _scan_nested(a, parents):
                     mode = ARGS_NESTED
                 continue
             mode |= ARGS_TOP
@@ -328,7 +353,7 @@ class Node:
                 elif kind == 2:
                     parents.append(a.node)
                     mode = ARGS_NESTED
-                elif _scan_nested(a, parents):
+                elif kind == 4 or _scan_nested(a, parents):
                     mode = ARGS_NESTED
         self.argmode = mode if mode < ARGS_NESTED else ARGS_NESTED
         if not parents:
@@ -493,6 +518,7 @@ task = workflow
 # argument class -> 0 plain value, 1 node, 2 reference, 3 container that may hold nodes
 _ARG_KINDS: dict = {Node: 1, ObjectNode: 1, MethodNode: 1, Ref: 2, list: 3, tuple: 3, dict: 3, set: 3, frozenset: 3}
 _ARG_KINDS.update(dict.fromkeys(_ATOMS, 0))
+_ARG_KINDS[NoFingerprint] = 4  # unwrapped when the arguments are resolved
 
 
 def _classify(cls: type) -> int:

@@ -249,7 +249,10 @@ def test_persisted_results_and_concurrent_task_runner():
     right = meet(2).set_name("right")
     wf = prefect_workflow(left, right, name="concurrent")
     wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=2), "persist_result": True})
-    results_dir = pathlib.Path(_PREFECT_HOME) / "storage"
+    # where this process's Prefect writes results (PREFECT_HOME as Prefect read it, whoever imported it first)
+    from prefect.settings import get_current_settings
+
+    results_dir = pathlib.Path(get_current_settings().results.local_storage_path)
     before = set(results_dir.iterdir()) if results_dir.exists() else set()
     (thread_a, one), (thread_b, two) = wf.run()
     assert (one, two) == (1, 2) and thread_a != thread_b

@@ -571,7 +571,14 @@ def test_bad_remote_args(ray_cluster, store):
 def test_unpicklable_argument_names_workflow(store):
     from functionfuse.backends.addons.rayworkflowback import RayWorkflow
 
+    from functionfuse.errors import UnfingerprintableError
+
     wf = RayWorkflow(add(threading.Lock(), 1), workflow_name="locked")
+    wf.set_storage(store)
+    with pytest.raises(UnfingerprintableError, match="argument 'a' of node 'add_"):  # before anything runs
+        wf.run()
+    # trusting names, nothing fingerprints the lock: the durable plan names the workflow it cannot pickle
+    wf = RayWorkflow(add(threading.Lock(), 1), workflow_name="locked", resume="name")
     wf.set_storage(store)
     with pytest.raises(SerializationError, match="raydag workflow 'locked'.*cannot be pickled"):
         wf.run()

@@ -680,3 +680,21 @@ def test_a_long_chain_needs_no_recursion():
         order.append(node)
     fps = fingerprint_nodes(order)
     assert len(set(fps.values())) == len(order)
+
+
+class PickledLater:
+    def __init__(self, start):
+        self.start = start
+
+
+def test_pickling_a_class_does_not_change_its_fingerprint():
+    import pickle
+
+    from functionfuse.fingerprint import clear_caches, code_fingerprint
+
+    clear_caches()
+    before = code_fingerprint(PickledLater)
+    pickle.dumps(PickledLater(1))  # copyreg caches __slotnames__ on the class
+    assert "__slotnames__" in vars(PickledLater)
+    clear_caches()
+    assert code_fingerprint(PickledLater) == before

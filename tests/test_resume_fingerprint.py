@@ -454,9 +454,6 @@ def test_set_fingerprint_exclude_leaves_the_argument_out(tmp_path):
     assert SEEN == [lock]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: NoFingerprint(value) reaches the function wrapped; fingerprint.strip_no_fingerprint exists "
-    "but run_node_call (functionfuse/nodecall.py:400, resolve_args, then :408 func(*args)) never calls it"))
 def test_no_fingerprint_is_unwrapped_before_the_function_sees_it(tmp_path):
     SEEN.clear()
     lock = threading.Lock()
@@ -532,10 +529,6 @@ def test_a_changed_later_call_rebuilds_the_object_and_replays_the_calls_before_i
     assert set(wf.run_record["recomputed"]) == {"first", "second"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core bug: functionfuse/base.py:288/292 count a rebuilt object and a replayed call as 'recomputed', so "
-    "_what_changed (base.py:780) says 'parents recomputed' for a call whose own argument changed while its "
-    "parents' fingerprints did not"))
 def test_a_changed_method_argument_is_the_reason_not_its_replayed_parents(tmp_path):
     LocalWorkflow(*_tally(1), workflow_name="t").set_storage(str(tmp_path / "st")).run()
     wf = LocalWorkflow(*_tally(1, last=4), workflow_name="t").set_storage(str(tmp_path / "st"))
