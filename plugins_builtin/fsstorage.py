@@ -26,6 +26,7 @@ import contextlib
 import errno
 import functools
 import io
+import itertools
 import os
 import pickle
 import shutil
@@ -75,9 +76,19 @@ _in_progress: set[str] = set()
 _in_progress_lock = threading.Lock()
 
 
+_tag_state: list = [None, None, None]  # pid, its random token, a counter
+
+
 def writer_tag() -> str:
-    """``<pid>@<host>-<random>``: a unique name that says which process wrote it."""
-    return f"{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:16]}"
+    """``<pid>@<host>-<random>``: a unique name that says which process wrote it.
+
+    The random part is drawn once per process (a new one after a fork) and a counter makes
+    each name unique: a uuid per write cost as much as the write of a small result.
+    """
+    pid = os.getpid()
+    if _tag_state[0] != pid:
+        _tag_state[:] = [pid, uuid.uuid4().hex[:10], itertools.count()]
+    return f"{pid}@{_HOST}-{_tag_state[1]}{next(_tag_state[2]):06x}"
 
 
 def writer_alive(name: str) -> bool:
@@ -251,6 +262,13 @@ class FileStorage(Storage):
                 self._ensure_dir(folder)
                 self.fs.pipe_file(path, data, **self._deadline)
 
+    def _touch(self, path: str) -> None:
+        """Create an empty file (a marker: empty or absent, never half written, so no temporary)."""
+        if self.local:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
+        else:
+            self.fs.pipe_file(path, b"", **self._deadline)
+
     def _read_bytes(self, path: str, end: int | None = None) -> bytes:
         if self.local:
             with open(path, "rb") as handle:
@@ -413,7 +431,7 @@ class FileStorage(Storage):
         if fingerprint is not None:
             folder = f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}"
             self._ensure_dir(folder)
-            self._write_atomic(f"{folder}/{task_name}@{fingerprint}", b"", b"")
+            self._touch(f"{folder}/{task_name}@{fingerprint}")
             if replaces is not None and replaces != fingerprint:
                 self._remove_file(f"{folder}/{task_name}@{replaces}")
 
