@@ -55,18 +55,20 @@ class NodeTimeoutError(NodeExecutionError, TimeoutError):
     :ivar attempt: which attempt timed out (1 for the first).
     """
 
-    def __init__(self, node_name: str, workflow_name: str, seconds: float, attempt: int = 1):
+    def __init__(self, node_name: str, workflow_name: str, seconds: float, attempt: int = 1, killed: bool = False):
         self.seconds = seconds
         self.attempt = attempt
+        self.killed = killed
         after = f" (after {attempt} attempts)" if attempt > 1 else ""
+        fate = "its process was killed" if killed else "the call was abandoned, not killed"
         super().__init__(
             node_name, workflow_name, None,
-            f"no result within its time limit of {seconds:g} s (set_timeout){after}; "
-            "the call was abandoned, not killed",
+            f"no result within its time limit of {seconds:g} s (set_timeout){after}; {fate}",
         )
 
     def __reduce__(self):  # picklable across processes; keeps the node tag run_node_call sets
-        return (type(self), (self.node_name, self.workflow_name, self.seconds, self.attempt), dict(self.__dict__))
+        return (type(self), (self.node_name, self.workflow_name, self.seconds, self.attempt, self.killed),
+                dict(self.__dict__))
 
 
 class WorkerLostError(FunctionFuseError):

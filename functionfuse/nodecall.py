@@ -218,7 +218,7 @@ class NodeCall:
     """
 
     __slots__ = ("name", "workflow_name", "mode", "func", "template", "callables", "storage", "always_read",
-                 "hooks", "node", "fingerprint", "retries", "timeout", "attempts", "replaces")
+                 "hooks", "node", "fingerprint", "retries", "timeout", "attempts", "replaces", "kill_on_timeout")
 
     def __init__(self, name: str, workflow_name: str, mode: str, func: Any, template: Any, callables: Any = (),
                  storage: Any = None, always_read: bool = False, hooks: WorkerHooks | None = None,
@@ -227,6 +227,8 @@ class NodeCall:
         self.retries = retries
         self.timeout = timeout
         self.attempts: int | None = None
+        #: run each attempt in a child process, killed at the time limit (``set_timeout(s, kill=True)``)
+        self.kill_on_timeout = False
         self.name = name
         self.workflow_name = workflow_name
         self.mode = mode
@@ -248,11 +250,13 @@ class NodeCall:
 
     def __getstate__(self) -> tuple:
         return (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
-                self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout, self.replaces)
+                self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout, self.replaces,
+                self.kill_on_timeout)
 
     def __setstate__(self, state: tuple) -> None:
         (self.name, self.workflow_name, self.mode, self.func, self.template, self.callables, self.storage,
-         self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout, self.replaces) = state
+         self.always_read, self.hooks, self.fingerprint, self.retries, self.timeout, self.replaces,
+         self.kill_on_timeout) = state
         self.node = None
         self.attempts = None
 
@@ -458,6 +462,64 @@ def _invoke_within(call: NodeCall, func: Any, args: Any, kwargs: Any, limit: flo
     raise result
 
 
+def _invoke_in_child(call: NodeCall, func: Any, args: Any, kwargs: Any, limit: float, attempt: int) -> Any:
+    """One attempt in a fresh Python process, killed (SIGKILL) when it has not answered within ``limit``.
+
+    For calls a thread cannot stop (stuck in C, holding a device). The call, its arguments and its
+    result travel pickled (cloudpickle); the child rebuilds the plugin set from the call's
+    :class:`WorkerHooks`, runs the node plugins' callables and the function, and writes the
+    outcome to its stdout (the function's own prints go to stderr). A subprocess rather than
+    multiprocessing, so it works in daemonic worker processes (Dask's) too.
+    """
+    import subprocess
+    import sys
+
+    import cloudpickle
+
+    payload = cloudpickle.dumps((call, func, tuple(args), kwargs))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    child = subprocess.Popen([sys.executable, "-c", "from functionfuse.nodecall import _child_main; _child_main()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        out, _ = child.communicate(payload, timeout=limit)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        from .errors import NodeTimeoutError
+
+        raise NodeTimeoutError(call.name, call.workflow_name, limit, attempt, killed=True) from None
+    if not out:
+        from .errors import WorkerLostError
+
+        raise WorkerLostError(f"the process running node {call.name!r} (set_timeout(kill=True)) ended with exit "
+                              f"status {child.returncode} and no result")
+    ok, result = cloudpickle.loads(out)
+    if ok:
+        return result
+    raise result
+
+
+def _child_main() -> None:
+    """The child process of :func:`_invoke_in_child`: read the call from stdin, write ``(ok, outcome)`` to stdout."""
+    import sys
+
+    import cloudpickle
+
+    result_out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # the function's prints go to stderr; stdout carries the outcome only
+    call, func, args, kwargs = cloudpickle.loads(sys.stdin.buffer.read())
+    try:
+        outcome = (True, _invoke(call, func, args, kwargs))
+    except BaseException as exc:  # noqa: BLE001 - handed to the parent
+        outcome = (False, exc)
+    try:
+        data = cloudpickle.dumps(outcome)
+    except Exception as exc:  # noqa: BLE001 - an unpicklable result is the node's error
+        data = cloudpickle.dumps((False, TypeError(f"the result of node {call.name!r} cannot be pickled: {exc}")))
+    result_out.write(data)
+    result_out.flush()
+
+
 def _call_with_policy(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:
     """The call with its retry policy and time limit; ``call.attempts`` says how many attempts it took."""
     policy = call.retries
@@ -468,6 +530,8 @@ def _call_with_policy(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:
         try:
             if limit is None:
                 value = _invoke(call, func, args, kwargs)
+            elif call.kill_on_timeout:
+                value = _invoke_in_child(call, func, args, kwargs, limit, attempt)
             else:
                 value = _invoke_within(call, func, args, kwargs, limit, attempt)
         except BaseException as exc:

@@ -75,19 +75,28 @@ class Query:
 
         return self.set("retries", RetryPolicy(retries, delay, backoff, on))
 
-    def set_timeout(self, seconds: float) -> Query:
+    def set_timeout(self, seconds: float, kill: bool = False) -> Query:
         """Fail a node whose call has not returned after ``seconds`` (per attempt), on every backend.
 
         The run gets :class:`~functionfuse.errors.NodeTimeoutError` naming the node within the
-        limit plus about a second; the abandoned call cannot be killed and runs on in its
-        worker's background. With :meth:`set_retries`, a timed-out attempt is retried when
-        ``on`` covers ``NodeTimeoutError`` (``Exception`` does).
+        limit plus about a second. By default the call runs in a thread, which cannot be killed:
+        a timed-out call is abandoned and runs on in its worker's background. With ``kill=True``
+        each attempt runs in a fresh Python process that is killed at the limit (for code stuck in
+        C or holding a device; its arguments and result must pickle, and a process start costs
+        about a second). With :meth:`set_retries`, a timed-out attempt is retried when ``on``
+        covers ``NodeTimeoutError`` (``Exception`` does).
 
         >>> wf.query("^train$").set_timeout(600)  # doctest: +SKIP
+        >>> wf.query("^solve$").set_timeout(60, kill=True)  # doctest: +SKIP
         """
         from .nodecall import check_timeout
 
-        return self.set("timeout", check_timeout(seconds))
+        if not isinstance(kill, bool):
+            from .errors import InvalidOptionError
+
+            raise InvalidOptionError(f"set_timeout: kill must be True or False, got {kill!r:.60}")
+        self.set("timeout", check_timeout(seconds))
+        return self.set("timeout_kill", kill)
 
     def set_version(self, version: str) -> Query:
         """A manual version, part of each node's fingerprint: bump it for what code cannot see.

@@ -45,14 +45,18 @@ def ff_select_serializer(obj: Any, storage: Any) -> Any:
 
 @hookimpl
 def ff_query_assign(key: str, value: Any, backend: Any) -> bool:
-    if key == "retries" or key == "timeout":
+    if key == "retries" or key == "timeout" or key == "timeout_kill":
         # Every backend runs nodes through run_node_call, which applies both: accepted everywhere.
         from functionfuse.nodecall import RetryPolicy, check_timeout
 
         if key == "retries":
             RetryPolicy.of(value)
-        else:
+        elif key == "timeout":
             check_timeout(value)
+        elif not isinstance(value, bool):
+            from functionfuse.errors import InvalidOptionError
+
+            raise InvalidOptionError(f"set_timeout: kill must be True or False, got {value!r:.60}")
         return True
     if key == "version":
         # a manual version, part of the fingerprint, for what code cannot see (an input file changed)

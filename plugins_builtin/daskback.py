@@ -385,11 +385,34 @@ class _Session:
             remaining -= len(batch)
             failed = [future for future in batch if future.status != "finished"]
             if failed:
-                self.raise_first_failure(failed)
+                failed = self.without_lost_records(failed)
+                if failed:
+                    self.raise_first_failure(failed)
+                batch = [future for future in batch if future.status == "finished"]
             if self.record:
                 batch = [future for future in batch if future.key in self.records]
                 for future, record in zip(batch, self.client.gather(batch)):
                     self.run.finished(self.watched_nodes[future.key], None, _info(record))
+
+    def without_lost_records(self, failed: list) -> list:
+        """``failed`` without the record tasks that died with their worker after their node had finished.
+
+        A record task runs where its node's result is; if that worker dies before it ran, the node
+        itself was computed (and saved): it is reported without its record, not as a failure.
+        """
+        from distributed import KilledWorker
+
+        kept = []
+        for future in failed:
+            if future.key in self.records and future.status == "error":
+                exc = future.exception()
+                if isinstance(exc, KilledWorker) and exc.task == future.key:
+                    node = self.watched_nodes[future.key]
+                    if self.run.after_node is not None:
+                        self.run.finished(node, None, {"worker": None, "host": None})
+                    continue
+            kept.append(future)
+        return kept
 
     def check_workers(self) -> None:
         """Fail, rather than wait forever, when no live worker can run a pending restricted node."""

@@ -186,6 +186,48 @@ def test_timed_out_attempt_is_retried(make_workflow, tmp_path):
         assert wf.run_record["nodes"]["slow_once"]["attempts"] == 2
 
 
+@workflow
+def stuck(pid_file, seconds):
+    with open(pid_file, "w") as out:
+        out.write(str(os.getpid()))
+    time.sleep(seconds)  # a thread could not stop this; killing its process does
+    return seconds
+
+
+@workflow
+def noisy(path, failures):
+    print("stdout of the node does not disturb the result")
+    attempt = _attempt(path)
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} of a flaky call")
+    return attempt
+
+
+def test_timeout_with_kill_stops_the_process_running_the_call(make_workflow, tmp_path):
+    pid_file = tmp_path / "pid"
+    wf = make_workflow(stuck(str(pid_file), 120).set_name("solver"), workflow_name="killed")
+    wf.query("^solver$").set_timeout(10, kill=True)
+    began = time.monotonic()
+    with pytest.raises(NodeTimeoutError, match="its process was killed") as info:
+        wf.run()
+    assert time.monotonic() - began < 90  # not the 120 s call
+    assert info.value.killed and info.value.node_name == "solver"
+    pid = int(pid_file.read_text())
+    assert pid != os.getpid()
+    with pytest.raises(ProcessLookupError):  # killed and reaped by the process that waited for it
+        os.kill(pid, 0)
+
+
+def test_timeout_with_kill_returns_values_and_retries_errors(make_workflow, tmp_path):
+    count = str(tmp_path / "noisy.log")
+    wf = make_workflow(plus_one(noisy(count, 1).set_name("fetch")), workflow_name="child", record=True)
+    wf.query("^fetch$").set_timeout(60, kill=True).set_retries(2)
+    assert wf.run() == 3
+    assert attempts_in(count) == 2
+    pids = {int(line) for line in open(count)}
+    assert os.getpid() not in pids and len(pids) == 2  # a fresh process per attempt
+
+
 # ---------------------------------------------------------------------------
 # in-process details: the limit on the local backend, validation, the fast path
 # ---------------------------------------------------------------------------
@@ -243,7 +285,9 @@ def test_every_backend_accepts_the_keys():
 
     wf = GraphWorkflow(plus_one(1).set_name("n"), workflow_name="w")
     wf.query("^n$").set_retries(2).set_timeout(5).set("retries", 1)
-    assert wf.attrs(wf.find_nodes("^n$")[0]) == {"retries": 1, "timeout": 5.0}
+    assert wf.attrs(wf.find_nodes("^n$")[0]) == {"retries": 1, "timeout": 5.0, "timeout_kill": False}
+    with pytest.raises(InvalidOptionError, match="kill must be True or False"):
+        wf.query("^n$").set_timeout(5, kill="yes")
 
 
 def test_retried_call_reruns_node_plugins_before_each_attempt(tmp_path):
