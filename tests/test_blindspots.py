@@ -28,7 +28,7 @@ from functionfuse.backends.builtin.localback import LocalWorkflow
 from functionfuse.backends.builtin.rayback import RayWorkflow
 from functionfuse.backends.plugins import InitializerPlugin
 from functionfuse.errors import NodeExecutionError
-from functionfuse.manager import get_plugins
+from functionfuse.manager import clear_cache, get_plugins
 from functionfuse.markers import hookimpl
 from functionfuse.storage import storage_factory
 
@@ -317,9 +317,14 @@ def test_a_plugin_on_the_hook_turns_the_shortcut_off():
 
 
 def test_tracing_turns_the_shortcut_off(capsys):
-    wf = LocalWorkflow(chain(3), workflow_name="traced", trace="json", record=False)
-    assert wf.plugins.live("ff_execute_node") is not None and wf.new_run().worker_hooks is not None
-    assert wf.run() == 2
+    # a traced host keeps the stderr it was built with: build one on this test's captured stderr
+    clear_cache()
+    try:
+        wf = LocalWorkflow(chain(3), workflow_name="traced", trace="json", record=False)
+        assert wf.plugins.live("ff_execute_node") is not None and wf.new_run().worker_hooks is not None
+        assert wf.run() == 2
+    finally:
+        clear_cache()
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     assert [e["node"] for e in events if e["hook"] == "ff_execute_node"] == ["n0", "n1", "n2"]
 

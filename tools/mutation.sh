@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Mutation score of core modules with mutmut (not in CI: minutes to an hour).
+#
+#   bash tools/mutation.sh [MODULE.py ...]      default: functionfuse/graph.py functionfuse/frontend.py
+#
+# Works in a scratch copy of the tree (mutmut writes a mutants/ folder; the shared working tree
+# is never touched), runs the local core tests against every mutant, and prints per module:
+# killed / total and the surviving mutants (`mutmut show NAME` in the scratch folder shows one).
+# Keep the scratch folder with KEEP=1. Needs: pip install mutmut (3.x).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root="$PWD"
+modules=("$@")
+[ ${#modules[@]} -eq 0 ] && modules=(functionfuse/graph.py functionfuse/frontend.py)
+
+work="$(mktemp -d /tmp/ffmutation-XXXXXX)"
+[ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
+cp -r functionfuse plugins_builtin tests pyproject.toml "$work/"
+cp -r README.md docs examples "$work/" 2>/dev/null || true
+find "$work" -name __pycache__ -prune -exec rm -rf {} +
+
+# The tests that run in this process only (no Ray, no subprocess CLI, no S3 server): a mutant
+# must be killed by what the core promises, and Ray workers would import the unmutated code.
+tests=(
+    tests/test_core_frontend.py tests/test_core_graph.py tests/test_core_storage.py tests/test_core_hooks.py
+    tests/test_core_nodeplugins.py tests/test_runrecord.py tests/test_blindspots.py tests/test_documented.py
+    tests/test_properties.py tests/test_mutation_kills.py
+)
+present=()
+for t in "${tests[@]}"; do [ -f "$work/$t" ] && present+=("$t"); done
+
+only=""
+for m in "${modules[@]}"; do only+="    $m"$'\n'; done
+cat > "$work/setup.cfg" <<CFG
+[mutmut]
+source_paths =
+    functionfuse
+    plugins_builtin
+only_mutate =
+$only
+pytest_add_cli_args =
+    -p
+    no:cacheprovider
+    -q
+    -x
+    --timeout=120
+    -k
+    not ray and not cli and not s3 and not entry_point
+pytest_add_cli_args_test_selection =
+$(for t in "${present[@]}"; do echo "    $t"; done)
+CFG
+
+cd "$work"
+export RAY_AUTH_MODE=disabled
+mutmut run >"$work/mutmut-run.log" 2>&1 || { tail -30 "$work/mutmut-run.log"; exit 1; }
+mutmut results --all true >"$work/results.txt" 2>&1 || true
+python - "$work/results.txt" "${modules[@]}" <<'PY'
+import sys
+from collections import defaultdict
+
+results, modules = sys.argv[1], sys.argv[2:]
+by_module = defaultdict(lambda: defaultdict(list))
+for line in open(results):
+    if ":" not in line:
+        continue
+    name, _, status = line.strip().rpartition(":")
+    name, status = name.strip(), status.strip()
+    module = name.split(".x")[0].replace(".", "/") + ".py"  # functionfuse.graph.x_f__mutmut_3 -> functionfuse/graph.py
+    by_module[module][status].append(name)
+for module in modules:
+    statuses = by_module.get(module, {})
+    total = sum(len(v) for v in statuses.values())
+    killed = len(statuses.get("killed", [])) + len(statuses.get("timeout", []))
+    score = 100.0 * killed / total if total else 0.0
+    print(f"{module}: {killed}/{total} killed ({score:.1f}%)  " +
+          ", ".join(f"{k} {len(v)}" for k, v in sorted(statuses.items())))
+    for status in ("survived", "no tests", "suspicious", "skipped"):
+        for name in statuses.get(status, []):
+            print(f"    {status}: {name}")
+PY
+echo "scratch copy: $work (mutmut show NAME there)"
