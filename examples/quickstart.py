@@ -42,11 +42,10 @@ if __name__ == "__main__":
     opt = {"kind": "file", "options": {"path": storage_path}}
     storage = storage_factory(opt)
     local_workflow.set_storage(storage)
-    stored_before = set(storage.list_tasks(workflow_name="operations", pattern="*"))
+    for entry in local_workflow.plan():  # what the run will do, and why, before it runs
+        print(f"{entry.name}: {entry.fate} ({entry.reason})")
     result = local_workflow.run()
-    for node in local_workflow.nodes:
-        how = "read back from storage" if node.name in stored_before else "computed"
-        print(f"{node.name}: {how}")
     print(f"result: {result}")
+    print("run:", local_workflow.run_record["summary"])
     print("stored:", storage.list_tasks(workflow_name="operations", pattern="*"))
     print("node2 =", storage.read_task(workflow_name="operations", task_name="node2"))

@@ -28,9 +28,11 @@ def cli(*args, cwd=None, env_extra=None, check=True):
 def test_quickstart_example_computes_then_reads_back(tmp_path):
     store = tmp_path / "storage"
     first = subprocess.run([sys.executable, str(QUICKSTART), str(store)], capture_output=True, text=True, check=True)
-    assert "node1: computed" in first.stdout and "result: 6" in first.stdout
+    assert "node1: compute (not stored)" in first.stdout and "result: 6" in first.stdout
+    assert "run: computed 3, read back 0, recomputed 0" in first.stdout
     second = subprocess.run([sys.executable, str(QUICKSTART), str(store)], capture_output=True, text=True, check=True)
-    assert second.stdout.count("read back from storage") == 3 and "computed" not in second.stdout
+    assert "run: computed 0, read back 3, recomputed 0" in second.stdout and "result: 6" in second.stdout
+    assert "node3: read back (stored, same call)" in second.stdout
 
 
 def test_run_ls_show_rm(tmp_path):
