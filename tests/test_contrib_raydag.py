@@ -855,3 +855,40 @@ def test_create_meta_on_s3_is_a_conditional_put_and_one_of_many_drivers_wins(tmp
         assert records.read_lock(s3, "raced")["token"] == taken[0].holder["token"]
         taken[0].release()
         assert records.read_lock(s3, "raced") is None
+
+
+@workflow
+class DiesOnce:
+    def __init__(self, start, flag):
+        self.total = start
+        self.flag = flag
+
+    def add(self, n):
+        if n == 2 and not os.path.exists(self.flag):
+            open(self.flag, "w").close()
+            os._exit(1)  # the actor's process dies once, during this call
+        self.total += n
+        return self.total
+
+
+@pytest.mark.timeout(150)
+def test_a_restarted_actor_refuses_its_calls_naming_the_object(ray_cluster, store, tmp_path):
+    """Issue 14 item 1 on raydag: Ray rebuilds the actor without its state; never a wrong value."""
+    from functionfuse.backends.addons.rayworkflowback import RayWorkflow
+    from functionfuse.errors import WorkerLostError
+
+    c = DiesOnce(0, str(tmp_path / "died")).set_name("counter")
+    a1, a2, a3 = c.add(1).set_name("a1"), c.add(2).set_name("a2"), c.add(3).set_name("a3")
+    wf = RayWorkflow(a1, a2, a3, workflow_name="restarted")
+    wf.query("^counter$").set_remote_args({"max_restarts": 1, "max_task_retries": 1})
+    wf.set_storage(store)
+    with pytest.raises(NodeExecutionError, match="stateful node 'counter'.*restarted") as info:
+        wf.run()
+    assert info.value.node_name in ("a2", "a3"), info.value
+    assert isinstance(info.value.__cause__, WorkerLostError), repr(info.value.__cause__)
+    assert os.path.exists(tmp_path / "died")  # the fault really happened
+    assert "a3" not in store.list_tasks("restarted")  # nothing wrong was saved
+    # rerun with storage: the object is rebuilt and its calls replayed in order
+    again = RayWorkflow(a1, a2, a3, workflow_name="restarted")
+    again.set_storage(store)
+    assert again.run() == [1, 3, 6]

@@ -29,9 +29,9 @@ import cloudpickle
 import ray
 
 from functionfuse.base import READ, Run, Workflow, info_of
-from functionfuse.errors import InvalidOptionError, SerializationError
-from functionfuse.nodecall import METHOD, OBJECT, node_error_name, run_node_call, worker_location
-from plugins_builtin.rayback import ensure_ray, validate_remote_args
+from functionfuse.errors import InvalidOptionError, SerializationError, WorkerLostError
+from functionfuse.nodecall import METHOD, OBJECT, _tag, node_error_name, run_node_call, worker_location
+from plugins_builtin.rayback import _reconstructed, ensure_ray, validate_remote_args
 
 from . import records
 from .errors import WorkflowNotFoundError, WorkflowRunningError
@@ -56,18 +56,39 @@ def _node_task(call: Any, *values: Any) -> tuple[Any, dict]:
 class _StatefulNode:
     """The instance of one stateful node; its method calls run here, one at a time, in submission order."""
 
+    def __init__(self, name: str):
+        self.lost: BaseException | None = None
+        if _reconstructed():
+            # Ray rebuilt the actor (max_restarts): the instance and the state of its earlier calls are
+            # gone, and queued calls may be replayed out of order. Refuse every call: never a wrong value.
+            self.lost = WorkerLostError(
+                f"the Ray actor of stateful node {name!r} died and Ray restarted it (max_restarts): its state "
+                f"after the earlier calls is lost, so its calls are refused; resume to rebuild the object and "
+                f"replay its calls in order"
+            )
+
     def construct(self, call: Any, *values: Any) -> dict:
+        self._check()
         self.instance, start, duration = run_node_call(call, values)
         return info_of(start, duration, *worker_location())
 
     @ray.method(num_returns=2)
     def call(self, call: Any, *values: Any) -> tuple[Any, dict]:
+        self._check(call)
         value, start, duration = run_node_call(call, (self.instance, *values))
         return value, info_of(start, duration, *worker_location())
 
     def snapshot(self) -> Any:
         """The instance as it is now (after every call submitted before this one)."""
+        self._check()
         return self.instance
+
+    def _check(self, call: Any = None) -> None:
+        if self.lost is not None:
+            refused = WorkerLostError(str(self.lost))
+            if call is not None:
+                _tag(refused, call.name)  # the call refused; the message names the object
+            raise refused
 
 
 # ---------------------------------------------------------------------------
@@ -215,7 +236,7 @@ class RayWorkflow(Workflow):
                 if mode == METHOD:
                     values[node], info = actors[node.obj].call.remote(call, *args)
                 elif mode == OBJECT:
-                    actor = actors[node] = _StatefulNode.options(**remote_args or {}).remote()
+                    actor = actors[node] = _StatefulNode.options(**remote_args or {}).remote(node.name)
                     info = actor.construct.remote(call, *args)
                 else:
                     values[node], info = _node_task.options(**remote_args or {}).remote(call, *args)
