@@ -172,6 +172,10 @@ class RayStorage(Storage):
     def remove_meta(self, workflow_name: str, key: str) -> None:
         self._call("remove_meta", workflow_name, key)
 
+    def create_meta(self, workflow_name: str, key: str, data: bytes) -> bool:
+        """Create-exclusive on the disk node: True when this call created ``key`` (a run lock)."""
+        return self._call("create_meta", workflow_name, key, data)
+
     def list_fingerprints(self, workflow_name: str) -> dict:
         return self._call("list_fingerprints", workflow_name)
 
