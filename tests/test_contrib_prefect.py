@@ -231,7 +231,8 @@ def test_storage_second_run_computes_nothing(tmp_path):
     first, second = list_run_records(wf.storage, "stored")
     assert first["backend"] == second["backend"] == "prefect"
     assert first["counts"]["computed"] == 3 and second["counts"]["stored"] == 3
-    assert first["nodes"]["node3"]["duration"] >= 0 and first["nodes"]["node3"]["worker"].startswith("pid ")
+    assert 0 <= first["nodes"]["node3"]["duration"] <= first["duration"]  # within the run
+    assert first["nodes"]["node3"]["worker"].startswith("pid ")
 
 
 def test_persisted_results_and_concurrent_task_runner():

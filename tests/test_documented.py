@@ -554,7 +554,8 @@ def test_a_custom_serializer_writes_in_ray_workers(ray_cluster, tmp_path):
 def test_a_persistent_serializer_writes_in_ray_workers(ray_cluster, tmp_path):
     storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st")}})
     storage.register_persistent_serializers(CelsiusSerializer)
-    assert RayWorkflow(reading().set_name("reading"), workflow_name="ps").set_storage(storage).run()["t"].degrees == 21.5
+    wf = RayWorkflow(reading().set_name("reading"), workflow_name="ps").set_storage(storage)
+    assert wf.run()["t"].degrees == 21.5
     assert open(os.path.join(storage.data_path("ps", "reading"), "0")).read().startswith("21.5 pid ")
 
 

@@ -18,6 +18,7 @@ reference), and as a workflow. The properties:
 
 from __future__ import annotations
 
+import os
 import tempfile
 
 import pytest
@@ -209,8 +210,11 @@ def build(data, max_steps: int) -> tuple[Program, list]:
 # the properties
 # ---------------------------------------------------------------------------
 
-# no example database: the tests must not write into the shared working tree
-SETTINGS = settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+# no example database: the tests must not write into the shared working tree.
+# FF_PROPERTY_SCALE scales every example count (tools/mutation.sh runs them once per mutant: fewer there).
+SCALE = float(os.environ.get("FF_PROPERTY_SCALE", "1"))
+SETTINGS = settings(max_examples=max(1, int(100 * SCALE)), deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS
@@ -243,7 +247,8 @@ def must_compute(program: Program, deleted: set) -> set:
     return computed
 
 
-@settings(SETTINGS, max_examples=200)  # cheap (local, a temporary folder), and where the intricate rules are
+# many examples: cheap (local, a temporary folder), and where the intricate rules are
+@settings(SETTINGS, max_examples=max(1, int(200 * SCALE)))
 @given(st.data())
 def test_resume_after_deleting_any_stored_results(data):
     CALLS.clear()
@@ -283,7 +288,8 @@ def ray_cluster():
     stop_local_cluster(ray, temp_dir)
 
 
-@settings(SETTINGS, max_examples=12, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(SETTINGS, max_examples=max(1, int(12 * SCALE)),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(st.data())
 def test_ray_backend_gives_the_plain_functions_values(ray_cluster, data):
     from functionfuse.backends.builtin.rayback import RayWorkflow

@@ -52,6 +52,7 @@ CFG
 
 cd "$work"
 export RAY_AUTH_MODE=disabled
+export FF_PROPERTY_SCALE="${FF_PROPERTY_SCALE:-0.2}"  # the properties run once per mutant
 mutmut run >"$work/mutmut-run.log" 2>&1 || { tail -30 "$work/mutmut-run.log"; exit 1; }
 mutmut results --all true >"$work/results.txt" 2>&1 || true
 python - "$work/results.txt" "${modules[@]}" <<'PY'
