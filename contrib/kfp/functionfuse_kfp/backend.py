@@ -1,29 +1,13 @@
-"""``KFPWorkflow``: a functionfuse workflow as a Kubeflow Pipelines 2 pipeline, one component per node.
-
->>> wf = KFPWorkflow(node3, workflow_name="operations", packages_to_install=["numpy"])  # doctest: +SKIP
->>> wf.compile("operations.yaml")  # KFP IR YAML, to upload to a KFP server  # doctest: +SKIP
->>> wf.run()  # on this machine, with KFP's local SubprocessRunner: the leaf value(s)  # doctest: +SKIP
->>> KFPWorkflow(node3, workflow_name="operations", kfp_host="http://kfp:8080").run()  # the run id  # doctest: +SKIP
-
-Every node becomes a lightweight Python component named after the node. Its
-:class:`functionfuse.nodecall.NodeCall` (function, argument template, node
-plugins' callables, storage, worker hooks) travels as a base64 cloudpickle
-payload, a constant parameter. Each parent's value reaches the node as an
-input artifact; the component (:mod:`functionfuse_kfp.runtime`) runs the call
-through :func:`functionfuse.nodecall.run_node_call` and writes the value to
-its ``value`` output artifact (a method call's instance to ``state``).
-"""
+"""``KFPWorkflow``: a workflow as a Kubeflow Pipelines 2 pipeline, one component per node (see the README)."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import inspect
-import json
+import functools
 import linecache
 import os
 import re
-import shutil
 import sys
 import tempfile
 import threading
@@ -40,84 +24,44 @@ from functionfuse.nodecall import METHOD, OBJECT
 from .errors import KFPCompileError, KFPConnectionError
 from .runtime import REPORT_DIR_ENV, ff_run_node
 
-__all__ = ["KFPWorkflow", "strip_ansi"]
+__all__ = ["KFPWorkflow"]
 
 #: kfp.local keeps one global configuration: local runs take turns
 _LOCAL_RUN_LOCK = threading.Lock()
-#: component functions by (number of inputs, has a state output): only their signatures differ
-_COMPONENT_FUNCTIONS: dict = {}
+#: terminal colour and cursor codes (kfp's local runner colours its messages)
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]")
 
 
-def strip_ansi(text: str) -> str:
-    """``text`` without terminal colour and cursor codes (kfp's local runner colours its messages)."""
-    return _ANSI.sub("", text)
-
-
 def _component_function(inputs: int, has_state: bool) -> Any:
-    """A Python function with the signature KFP reads for a node with ``inputs`` parents.
-
-    KFP builds a lightweight component from a function's source text, so the
-    source is generated and registered with :mod:`linecache`, where
-    :func:`inspect.getsource` finds it.
-    """
-    key = (inputs, has_state)
-    if key not in _COMPONENT_FUNCTIONS:
-        name = f"functionfuse_node_{inputs}{'_state' if has_state else ''}"
-        params = ["payload: str"] + [f"parent_{i}: Input[Artifact]" for i in range(inputs)]
-        params += ["value: Output[Artifact]"] + (["state: Output[Artifact]"] if has_state else [])
-        paths = ", ".join(f"parent_{i}.path" for i in range(inputs))
-        source = (
-            f"def {name}({', '.join(params)}):\n"
-            f"    ff_run_node(payload, [{paths}], value.path, {'state.path' if has_state else 'None'})\n"
-        )
-        filename = f"<functionfuse-kfp component {name}>"
-        from kfp.dsl import Artifact, Input, Output
-
-        namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "ff_run_node": ff_run_node}
-        # dont_inherit: this module's `from __future__ import annotations` would turn the annotations KFP reads into strings
-        exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - generated from fixed text
-        namespace[name].__module__ = __name__
-        _COMPONENT_FUNCTIONS[key] = (namespace[name], filename, source)
-    func, filename, source = _COMPONENT_FUNCTIONS[key]
+    """A function with the signature KFP reads for ``inputs`` parents; its generated source is in linecache."""
+    func, filename, source = _generated_component(inputs, has_state)
     # every time: anyone may have cleared linecache (linecache.clearcache) since
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     return func
 
 
-def _k8s_name(name: str) -> str:
-    """The name KFP gives a task or pipeline called ``name`` (lower case, dashes)."""
-    return re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", name.lower())).strip("-")
+@functools.cache
+def _generated_component(inputs: int, has_state: bool) -> tuple:
+    from kfp.dsl import Artifact, Input, Output
 
-
-def _check_options(workflow_name: str, base_image: Any, packages_to_install: Any, kfp_host: Any) -> list[str]:
-    where = f"KFPWorkflow({workflow_name!r})"
-    if not isinstance(base_image, str) or not base_image.strip():
-        raise InvalidOptionError(f"{where}: base_image must be a container image name, got {base_image!r}")
-    packages = packages_to_install or []
-    if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
-        raise InvalidOptionError(
-            f"{where}: packages_to_install must be a list of pip requirement strings, got {packages_to_install!r}"
-        )
-    if kfp_host is not None and (not isinstance(kfp_host, str) or not kfp_host.strip()):
-        raise InvalidOptionError(f"{where}: kfp_host must be the URL of a KFP server, got {kfp_host!r}")
-    return list(packages)
+    name = f"functionfuse_node_{inputs}{'_state' if has_state else ''}"
+    params = ["payload: str"] + [f"parent_{i}: Input[Artifact]" for i in range(inputs)]
+    params += ["value: Output[Artifact]"] + (["state: Output[Artifact]"] if has_state else [])
+    paths = ", ".join(f"parent_{i}.path" for i in range(inputs))
+    source = (
+        f"def {name}({', '.join(params)}):\n"
+        f"    ff_run_node(payload, [{paths}], value.path, {'state.path' if has_state else 'None'})\n"
+    )
+    filename = f"<functionfuse-kfp component {name}>"
+    namespace = {"Input": Input, "Output": Output, "Artifact": Artifact, "ff_run_node": ff_run_node}
+    # dont_inherit: this module's `from __future__ import annotations` would turn the annotations KFP reads into strings
+    exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 - generated from fixed text
+    namespace[name].__module__ = __name__
+    return namespace[name], filename, source
 
 
 class KFPWorkflow(Workflow):
-    """Run the workflow as a Kubeflow Pipelines 2 pipeline, one component per node named after the node.
-
-    :param nodes: one or more leaf nodes.
-    :param workflow_name: the pipeline's name (lower-cased, dashes for other characters, as KFP wants),
-        and the name results are stored under.
-    :param base_image: the container image of every component; it must hold ``functionfuse`` (the
-        component runs the node call with it) and a Python of this one's minor version (functions
-        travel as cloudpickle, which ships bytecode).
-    :param packages_to_install: pip requirements every component installs before it runs, besides
-        ``cloudpickle`` (pinned to this version) and ``kfp``.
-    :param kfp_host: the URL of a KFP server: :meth:`run` submits the pipeline there and returns the run id.
-        Without it, :meth:`run` runs the pipeline here with KFP's local ``SubprocessRunner``.
-    """
+    """Run the workflow as a Kubeflow Pipelines 2 pipeline, locally or on ``kfp_host`` (options: the README)."""
 
     backend_name = "kfp"
 
@@ -131,7 +75,16 @@ class KFPWorkflow(Workflow):
         **options: Any,
     ):
         super().__init__(*nodes, workflow_name=workflow_name, **options)
-        self.packages_to_install = _check_options(self.workflow_name, base_image, packages_to_install, kfp_host)
+        where = f"KFPWorkflow({workflow_name!r})"
+        if not isinstance(base_image, str) or not base_image.strip():
+            raise InvalidOptionError(f"{where}: base_image must be a container image name, got {base_image!r}")
+        packages = packages_to_install or []
+        if not isinstance(packages, (list, tuple)) or not all(isinstance(p, str) for p in packages):
+            raise InvalidOptionError(f"{where}: packages_to_install must be a list of pip requirement strings, "
+                                     f"got {packages_to_install!r}")
+        if kfp_host is not None and (not isinstance(kfp_host, str) or not kfp_host.strip()):
+            raise InvalidOptionError(f"{where}: kfp_host must be the URL of a KFP server, got {kfp_host!r}")
+        self.packages_to_install = list(packages)
         self.base_image = base_image
         self.kfp_host = kfp_host
         #: the id of the last run submitted to ``kfp_host``
@@ -139,10 +92,10 @@ class KFPWorkflow(Workflow):
 
     @property
     def pipeline_name(self) -> str:
-        """The workflow name as KFP accepts it for a pipeline."""
-        return _k8s_name(self.workflow_name) or "functionfuse-workflow"
+        """The workflow name as KFP accepts it for a pipeline (lower case, dashes)."""
+        name = re.sub("-+", "-", re.sub("[^-0-9a-z]+", "-", self.workflow_name.lower())).strip("-")
+        return name or "functionfuse-workflow"
 
-    # -- building the pipeline -----------------------------------------------------------
     def _make_component(self, node: Node, inputs: int, has_state: bool, local: bool) -> Any:
         from kfp import dsl
 
@@ -171,11 +124,7 @@ class KFPWorkflow(Workflow):
             ) from exc
 
     def _build(self, run: Run, steps: list, local: bool, report_dir: str | None = None) -> tuple:
-        """The pipeline (a KFP graph component) running ``steps`` (``(node, action)`` of :meth:`Run.steps`).
-
-        :returns: ``(pipeline, outputs, task_names)``: the pipeline output name of each node whose
-            value the pipeline returns, and the task name KFP gave each node.
-        """
+        """``(pipeline, output name of each returned node, task name of each node)`` running ``steps``."""
         from kfp import dsl
 
         tasks_spec: list = []  # (node, component, payload, [(source node, output name)])
@@ -212,10 +161,8 @@ class KFPWorkflow(Workflow):
                 task_names[node] = task.name
             return outputs_type(**{name: tasks[src].outputs[out] for name, src, out in outputs.values()})
 
-        # a workflow has at least one leaf, so the pipeline always returns something
         outputs_type = typing.NamedTuple("Outputs", [(name, dsl.Artifact) for name, _, _ in outputs.values()])
-        functionfuse_pipeline.__signature__ = inspect.Signature([], return_annotation=outputs_type)  # type: ignore[attr-defined]
-        functionfuse_pipeline.__annotations__ = {"return": outputs_type}
+        functionfuse_pipeline.__annotations__ = {"return": outputs_type}  # what KFP reads the outputs from
         pipeline = dsl.pipeline(
             functionfuse_pipeline,
             name=self.pipeline_name,
@@ -225,11 +172,7 @@ class KFPWorkflow(Workflow):
         return pipeline, {node: name for node, (name, _, _) in outputs.items()}, task_names
 
     def generate_pipeline(self) -> Any:
-        """The KFP pipeline (a graph component) of this workflow, as :meth:`compile` writes it.
-
-        Every node computes (and, with storage, saves its result); the pipeline returns the leaves'
-        values as output artifacts ``node_0``, ``node_1``, ...
-        """
+        """The KFP pipeline of this workflow: every node computes (and saves); it returns the leaves' values."""
         run = self.new_run()
         # The cluster's storage is not this machine's to list: plan a full run, every node computed and saved.
         run.plan = ResumePlan(set(), None, set(), bool(getattr(self.storage, "always_read", False)))
@@ -244,27 +187,37 @@ class KFPWorkflow(Workflow):
         try:
             compiler.Compiler().compile(pipeline, package_path=path)
         except OSError as exc:
-            raise KFPCompileError(
-                f"workflow {self.workflow_name!r}: cannot write the pipeline to {path!r}: {exc}"
-            ) from exc
+            raise KFPCompileError(f"workflow {self.workflow_name!r}: cannot write the pipeline to {path!r}: {exc}") from exc
         return path
 
-    # -- running -------------------------------------------------------------------------
     def run(self) -> Any:
-        """Run the pipeline here and return the leaf's value (a list for several leaves),
-        or, with ``kfp_host``, submit it to that KFP server and return the run id."""
-        if self.kfp_host is not None:
-            return self._submit()
-        return super().run()
+        """Run the pipeline here and return the leaf value(s), or submit it to ``kfp_host`` and return the run id."""
+        if self.kfp_host is None:
+            return super().run()
+        import kfp
+
+        host = self.kfp_host
+        with tempfile.TemporaryDirectory(prefix="ff-kfp-") as scratch:
+            path = self.compile(os.path.join(scratch, f"{self.pipeline_name}.yaml"))
+            try:
+                with _quiet_kfp_warnings():
+                    client = kfp.Client(host=host)
+                result = client.create_run_from_pipeline_package(path, arguments={}, run_name=self.workflow_name)
+            except Exception as exc:
+                raise KFPConnectionError(
+                    f"workflow {self.workflow_name!r}: the Kubeflow Pipelines server at kfp_host={host!r} "
+                    f"could not be reached or refused the run: {type(exc).__name__}: {_ANSI.sub('', str(exc))}"
+                ) from exc
+        self.run_id = result.run_id
+        return result.run_id
 
     def _submit_and_collect(self, run: Run) -> list:
         import kfp.local
         from kfp.local import config
 
-        scratch = tempfile.mkdtemp(prefix="ff-kfp-")
-        report_dir = os.path.join(scratch, "reports")
-        os.mkdir(report_dir)
-        try:
+        with tempfile.TemporaryDirectory(prefix="ff-kfp-", ignore_cleanup_errors=True) as scratch:
+            report_dir = os.path.join(scratch, "reports")
+            os.mkdir(report_dir)
             steps = list(run.steps())
             pipeline, outputs, task_names = self._build(run, steps, local=True, report_dir=report_dir)
             with _LOCAL_RUN_LOCK:
@@ -288,22 +241,18 @@ class KFPWorkflow(Workflow):
             if run.after_node is not None:
                 for index, (node, action) in enumerate(steps):
                     if action == COMPUTE:
-                        run.finished(node, values[node], _read_info(report_dir, index))
+                        run.finished(node, values[node], _report(report_dir, index))
             return [values[leaf] for leaf in self.leaves]
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def _fail(self, run: Run, exc: RuntimeError, steps: list, report_dir: str, task_names: dict) -> None:
         """Raise the error naming the node whose component failed, chained to what the node raised."""
-        for name in sorted(os.listdir(report_dir)):
-            if name.endswith(".error"):  # the node raised, and its component reported it
-                index = int(name.split(".")[0])
-                with open(os.path.join(report_dir, name), "rb") as handle:
-                    cause = cloudpickle.load(handle)
-                run.fail(steps[index][0], cause, _read_info(report_dir, index))
+        for index in os.listdir(report_dir):
+            report = _report(report_dir, index)
+            if isinstance(report, BaseException):  # the node raised, and its component reported it
+                run.fail(steps[int(index)][0], report)
         # The component died before it could report (os._exit, a signal, a crash in native code):
         # KFP's message names its task, in quotes and terminal colours.
-        message = strip_ansi(str(exc))
+        message = _ANSI.sub("", str(exc))
         found = re.search(r"Inner task failed: '?([-0-9a-z]+)'?", message)
         failed = {task: node for node, task in task_names.items()}.get(found.group(1) if found else None)
         cause = RuntimeError(message)
@@ -313,37 +262,16 @@ class KFPWorkflow(Workflow):
                   f"exited, or could not load the node call): {message}")
         run.fail(failed, cause, {}, detail)
 
-    def _submit(self) -> str:
-        """Compile the pipeline and start a run of it on ``kfp_host``; return the run id."""
-        import kfp
 
-        host = self.kfp_host
-        with tempfile.TemporaryDirectory(prefix="ff-kfp-") as scratch:
-            path = self.compile(os.path.join(scratch, f"{self.pipeline_name}.yaml"))
-            try:
-                with _quiet_kfp_warnings():
-                    client = kfp.Client(host=host)
-                result = client.create_run_from_pipeline_package(path, arguments={}, run_name=self.workflow_name)
-            except Exception as exc:
-                raise KFPConnectionError(
-                    f"workflow {self.workflow_name!r}: the Kubeflow Pipelines server at kfp_host={host!r} "
-                    f"could not be reached or refused the run: {type(exc).__name__}: {strip_ansi(str(exc))}"
-                ) from exc
-        self.run_id = result.run_id
-        return result.run_id
-
-
-def _read_info(report_dir: str, index: int) -> dict:
-    try:
-        with open(os.path.join(report_dir, f"{index}.info")) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return {}
+def _report(report_dir: str, index: int | str) -> dict | BaseException:
+    """What the component of step ``index`` reported: its info, or the exception it raised."""
+    with open(os.path.join(report_dir, str(index)), "rb") as handle:
+        return cloudpickle.load(handle)
 
 
 @contextlib.contextmanager
 def _quiet_kfp_warnings():
-    """KFP warns about its own future defaults and client versions on every call; not the user's concern."""
+    """Hide the warnings KFP gives on every call about its own future defaults."""
     import warnings
 
     with warnings.catch_warnings():

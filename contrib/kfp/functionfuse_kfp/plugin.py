@@ -1,8 +1,4 @@
-"""Entry point of the ``kfp`` backend (group ``functionfuse``).
-
-Loaded in every functionfuse run, so it must not import kfp: the backend is
-registered as a lazy ``"module:attribute"`` target.
-"""
+"""Entry point of the ``kfp`` backend: loaded in every run, so it registers the backend lazily, without kfp."""
 
 from __future__ import annotations
 
@@ -10,9 +6,6 @@ from collections.abc import Callable
 
 from functionfuse.markers import hookimpl
 
-BACKEND_NAME = "kfp"
-
-
 @hookimpl
 def ff_backends(register: Callable[..., None]) -> None:
-    register(BACKEND_NAME, "functionfuse_kfp.backend:KFPWorkflow")
+    register("kfp", "functionfuse_kfp.backend:KFPWorkflow")
