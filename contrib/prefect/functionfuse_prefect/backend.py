@@ -1,16 +1,6 @@
-"""``PrefectWorkflow``: a functionfuse workflow run as a Prefect 3 flow, one Prefect task per node.
+"""``PrefectWorkflow``: a workflow run as a Prefect 3 flow, one task per node (see the README).
 
->>> wf = PrefectWorkflow(node3, workflow_name="ops")  # doctest: +SKIP
->>> wf.set_prefect_flow_options({"task_runner": ThreadPoolTaskRunner(max_workers=4)})  # doctest: +SKIP
->>> wf.query("^node1$").set_task_args({"retries": 2})  # doctest: +SKIP
->>> wf.run()  # doctest: +SKIP
-
-The flow body is the driver: it runs the core run envelope
-(:meth:`functionfuse.base.Workflow.run`), submitting every node still to
-compute as a Prefect task whose inputs are its parents' futures, then waiting
-for them in run order, firing the run and node hooks as results arrive. Each
-task runs the node's call (:func:`functionfuse.nodecall.run_node_call`), so
-node plugins, ``ff_execute_node`` and the storage hooks fire inside the task.
+The flow body runs the core run envelope; each task runs its node's call (``run_node_call``).
 """
 
 from __future__ import annotations
@@ -76,12 +66,7 @@ def _fingerprint(func: Any, cache: dict) -> str:
 
 
 def _task_fn(call: NodeCall, infos: dict) -> Callable:
-    """The function of one node's Prefect task: it runs the node call with the parents' values.
-
-    Its parameters are what Prefect shows and hashes for cache keys: the code
-    fingerprint, the parents' values (Prefect resolves the futures) and the
-    node's own arguments with ``Ref(i, keys)`` standing for the parents.
-    """
+    """The function of one node's task; its parameters are what Prefect shows and hashes for cache keys."""
 
     def call_node(function: str, parents: list, args: Any, kwargs: dict) -> Any:
         value, start, duration = run_node_call(call, parents)
@@ -93,19 +78,9 @@ def _task_fn(call: NodeCall, infos: dict) -> Callable:
 
 
 class PrefectWorkflow(Workflow):
-    """Run the workflow as a Prefect 3 flow named after the workflow, one task per node named after the node.
+    """Run the workflow as a Prefect 3 flow named after it, one task per node named after the node.
 
-    :param nodes: one or more leaf nodes.
-    :param workflow_name: the flow's name, and the name results are stored under.
-
-    Options: :meth:`set_prefect_flow_options` (any ``prefect.flow`` option,
-    e.g. ``task_runner``, ``persist_result``) and
-    ``query(pattern).set_task_args(dict)`` (any ``prefect.task`` option, e.g.
-    ``retries``, ``cache_key_fn``, ``cache_policy``). The flow options
-    ``persist_result``, ``result_storage`` and ``result_serializer`` apply to
-    every task as well (a node's ``task_args`` win). Tasks get no cache key
-    (``NO_CACHE``) unless ``cache_policy``, ``cache_key_fn`` or
-    ``persist_result`` is set, so inputs are not hashed on every call.
+    Options: :meth:`set_prefect_flow_options` and ``query(pattern).set_task_args(dict)`` (see the README).
     """
 
     backend_name = "prefect"

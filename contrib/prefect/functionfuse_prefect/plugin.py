@@ -1,8 +1,4 @@
-"""Entry point of the ``prefect`` backend (group ``functionfuse``).
-
-Loaded in every functionfuse run, so it must not import prefect: the backend
-is registered as a lazy ``"module:attribute"`` target.
-"""
+"""Entry point of the ``prefect`` backend: loaded in every run, so it registers the backend lazily, without prefect."""
 
 from __future__ import annotations
 
