@@ -1,12 +1,4 @@
-"""functionfuse-raydag: durable Ray workflows for functionfuse (the ``raydag`` backend).
-
->>> import functionfuse
->>> functionfuse.run(leaf, backend="raydag", workflow_name="ops", storage="file:/data/ff")  # doctest: +SKIP
->>> from functionfuse_raydag import get_status, get_output, list_all, resume  # doctest: +SKIP
-
-Status, output and listing read the storage only; :class:`RayWorkflow`,
-:func:`resume` and :func:`resume_all` import Ray when first used.
-"""
+"""functionfuse-raydag: durable Ray workflows (the ``raydag`` backend); Ray is imported on first use only."""
 
 from __future__ import annotations
 

@@ -1,20 +1,7 @@
-"""The ``raydag`` backend: durable workflows on Ray core tasks and actors.
+"""The ``raydag`` backend: Ray Workflows' durable workflows rebuilt on Ray tasks and actors (see the README).
 
-What Ray Workflows gave (it was removed from Ray after 2.47), rebuilt on
-``ray.remote``, functionfuse storage and the core's node call:
-
-* every node is checkpointed: the Ray task running a node's call
-  (:func:`functionfuse.nodecall.run_node_call`) saves its result before it
-  returns, so a driver that dies loses nothing finished;
-* the workflow's plan (:mod:`functionfuse_raydag.plan`) is stored beside the
-  results, so :func:`resume` finishes a workflow without the script that built it;
-* status, output and listing by workflow name come from the run records
-  (:mod:`functionfuse_raydag.records`).
-
-The driver submits the whole graph at once, passing ObjectRefs between tasks,
-then waits for the small per-node info objects, so values never pass through
-the driver except the leaves'. A stateful node is one actor; its method calls
-run in submission order, which is the run order.
+Every node's task saves its result before it returns, and the plan is stored beside the results, so
+:func:`resume` finishes a workflow without its script.
 """
 
 from __future__ import annotations
@@ -40,11 +27,6 @@ from .plan import Plan, PlannedNode, build_plan
 __all__ = ["RayWorkflow", "resume", "resume_all"]
 
 
-# ---------------------------------------------------------------------------
-# worker side: one task for function calls and read-backs, one actor per stateful node
-# ---------------------------------------------------------------------------
-
-
 @ray.remote(num_returns=2)
 def _node_task(call: Any, *values: Any) -> tuple[Any, dict]:
     """Run one node call (computing and saving, or reading back): ``(value, info)``."""
@@ -57,15 +39,13 @@ class _StatefulNode:
     """The instance of one stateful node; its method calls run here, one at a time, in submission order."""
 
     def __init__(self, name: str):
-        self.lost: BaseException | None = None
-        if _reconstructed():
-            # Ray rebuilt the actor (max_restarts): the instance and the state of its earlier calls are
-            # gone, and queued calls may be replayed out of order. Refuse every call: never a wrong value.
-            self.lost = WorkerLostError(
-                f"the Ray actor of stateful node {name!r} died and Ray restarted it (max_restarts): its state "
-                f"after the earlier calls is lost, so its calls are refused; resume to rebuild the object and "
-                f"replay its calls in order"
-            )
+        # Ray rebuilt the actor (max_restarts): the instance and the state of its earlier calls are
+        # gone, and queued calls may be replayed out of order. Refuse every call: never a wrong value.
+        self.lost = _reconstructed() and (
+            f"the Ray actor of stateful node {name!r} died and Ray restarted it (max_restarts): its state "
+            f"after the earlier calls is lost, so its calls are refused; resume to rebuild the object and "
+            f"replay its calls in order"
+        )
 
     def construct(self, call: Any, *values: Any) -> dict:
         self._check()
@@ -84,16 +64,11 @@ class _StatefulNode:
         return self.instance
 
     def _check(self, call: Any = None) -> None:
-        if self.lost is not None:
-            refused = WorkerLostError(str(self.lost))
+        if self.lost:
+            refused = WorkerLostError(self.lost)
             if call is not None:
                 _tag(refused, call.name)  # the call refused; the message names the object
             raise refused
-
-
-# ---------------------------------------------------------------------------
-# driver side
-# ---------------------------------------------------------------------------
 
 
 def _check_init_args(ray_init_args: Any, workflow_name: str) -> dict:
@@ -132,19 +107,7 @@ def _save_plan(storage: Any, plan: Plan) -> None:
 
 
 class RayWorkflow(Workflow):
-    """Run the workflow on Ray with every node checkpointed, so a crashed run can be resumed.
-
-    >>> wf = RayWorkflow(node, workflow_name="ops")  # doctest: +SKIP
-    >>> wf.set_storage("file:/data/ff")              # doctest: +SKIP
-    >>> wf.run()          # saves each node as it finishes     # doctest: +SKIP
-    >>> get_status("ops", "file:/data/ff")           # 'SUCCESSFUL'  # doctest: +SKIP
-
-    Without :meth:`set_storage` results go to ``$FUNCTIONFUSE_RAYDAG_STORAGE`` or ``~/.functionfuse/raydag``.
-
-    :param nodes: the leaf nodes.
-    :param workflow_name: the name the workflow is stored, resumed and listed under.
-    :param ray_init_args: keyword arguments of ``ray.init``, used only when Ray is not initialised yet.
-    """
+    """Run the workflow on Ray with every node checkpointed (default storage: :func:`records.default_storage`)."""
 
     backend_name = "raydag"
     query_keys = frozenset({"plugins", "remote_args"})
@@ -166,23 +129,13 @@ class RayWorkflow(Workflow):
         return self
 
     def run(self) -> Any:
-        """Run every node not already stored; return the leaf's value, or a list for several leaves.
-
-        :raises NodeExecutionError: naming the node that failed (its exception is ``__cause__``);
-            the workflow's status becomes FAILED and finished nodes stay saved.
-        :raises WorkflowRunningError: when another live driver is running this workflow; it holds the
-            run lock, taken before anything is written and released when the run ends, however it ends.
-        """
-        self._check_run_options({})
+        """Run every node not stored yet, holding the run lock; return the leaf value(s)."""
+        if self.storage is None:
+            self.storage = records.default_storage()
         # Before the run's record and plan: a refused driver writes nothing, so the status stays the runner's.
         with records.take_lock(self.storage, self.workflow_name):
             _refuse_if_running(self.storage, self.workflow_name)  # a driver that took no lock (an older version)
             return self.new_run().envelope(self._submit_and_collect, {})
-
-    def _check_run_options(self, options: dict) -> None:
-        super()._check_run_options(options)
-        if self.storage is None:
-            self.storage = records.default_storage()
 
     def _call(self, run: Run, node: Any, action: str) -> tuple:
         """The node call of ``node`` and its dependencies: the core's, or the stored plan's when resuming."""
@@ -282,16 +235,7 @@ class RayWorkflow(Workflow):
 
 
 def resume(workflow_name: str, storage: Any = None, ray_init_args: dict | None = None) -> Any:
-    """Finish a workflow from its stored plan, computing only the nodes whose results are not saved.
-
-    Needs no script: the plan stored by the first run holds the functions, arguments and node-plugin
-    callables. The run's plugins are the default ones and the installed entry points. A SUCCESSFUL
-    workflow is not run again; its output is returned.
-
-    :param storage: the storage it was run with (object, path or URL); default: the raydag default storage.
-    :raises WorkflowNotFoundError: when the workflow was never run on that storage.
-    :raises WorkflowRunningError: when its driver is still alive.
-    """
+    """Finish a workflow from its stored plan, without its script; a SUCCESSFUL one just returns its output."""
     storage = records.resolve_storage(storage)
     record = records._record_or_raise(storage, workflow_name)
     if records.effective_status(record) == records.SUCCESSFUL:
@@ -305,10 +249,7 @@ def resume(workflow_name: str, storage: Any = None, ray_init_args: dict | None =
 
 
 def resume_all(storage: Any = None, include_failed: bool = False, ray_init_args: dict | None = None) -> list:
-    """Resume every RESUMABLE workflow (and FAILED ones with ``include_failed``): ``[(name, output), ...]``.
-
-    A workflow that fails again raises, as :func:`resume` does.
-    """
+    """Resume every RESUMABLE workflow (and FAILED ones with ``include_failed``): ``[(name, output), ...]``."""
     storage = records.resolve_storage(storage)
     statuses = {records.RESUMABLE, records.FAILED} if include_failed else {records.RESUMABLE}
     return [

@@ -1,9 +1,4 @@
-"""Errors of the raydag addon.
-
-They derive from :class:`functionfuse.errors.FunctionFuseError` like every
-functionfuse error; they live here because a third-party distribution
-cannot add classes to the core's ``functionfuse/errors.py``.
-"""
+"""Errors of the raydag addon (here because a third-party distribution cannot add to ``functionfuse/errors.py``)."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
 """The stored plan: a workflow as node calls, so :func:`functionfuse_raydag.resume` needs no script.
 
-Nodes link to their parents and children, so pickling one pickles the whole
-graph, recursively. A plan holds one :class:`PlannedNode` per node: its
-:class:`functionfuse.nodecall.NodeCall` (function, argument template,
-node-plugin callables) and the indices of its dependencies, so it pickles
-flat whatever the depth of the graph; :meth:`Plan.link` rebuilds the links
-after loading. A planned node quacks like a node for the core's resume plan
-and the run record (``name``, ``kind``, ``qualname``, ``parents``, ``obj``).
+Planned nodes hold their links as indices, so a plan pickles flat whatever the depth of the graph.
 """
 
 from __future__ import annotations
@@ -75,11 +69,7 @@ class Plan:
 
 
 def build_plan(workflow: Any, calls: dict) -> Plan:
-    """The plan of ``workflow`` (a functionfuse Workflow).
-
-    :param calls: ``node -> (NodeCall, deps)`` of the nodes this run computes (``Run.node_call``);
-        the others get a call without node-plugin callables (their local part did not run).
-    """
+    """The plan of ``workflow``; ``calls``: ``node -> (NodeCall, deps)`` of the nodes this run computes."""
     index_of = {node: i for i, node in enumerate(workflow.nodes)}
     planned = []
     for node in workflow.nodes:

@@ -1,12 +1,4 @@
-"""The pluggy plugin functionfuse loads through the ``functionfuse`` entry point.
-
-It must import without Ray: the plugin manager loads it in every run, so the
-backend is registered as a lazy ``"module:attribute"`` string. It also adds
-two subcommands to the ``functionfuse`` command (``ff_cli_commands``)::
-
-    functionfuse status [WORKFLOW] [--storage S] [--status STATUS]
-    functionfuse resume WORKFLOW | --all [--include-failed] [--storage S] [--address ADDR]
-"""
+"""Entry point of the ``raydag`` backend (imports without Ray) and its ``status`` and ``resume`` subcommands."""
 
 from __future__ import annotations
 
@@ -34,11 +26,6 @@ def ff_query_assign(nodes: list, key: str, value: Any, backend: Any) -> bool | N
             f"(e.g. {{'num_cpus': 1}}), got {type(value).__name__} {value!r:.60}"
         )
     return True
-
-
-# ---------------------------------------------------------------------------
-# functionfuse status / functionfuse resume
-# ---------------------------------------------------------------------------
 
 
 def _cmd_status(args: Any) -> int:

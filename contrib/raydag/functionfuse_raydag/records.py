@@ -1,23 +1,6 @@
-"""Workflow status, output and listing, read from the run records of ``plugins_builtin.runrecord``.
+"""Status, output and listing from the run records of ``plugins_builtin.runrecord``, and the run lock.
 
-raydag keeps no record of its own: its status is the run record every
-backend writes (``functionfuse history`` lists the same runs). A raydag run
-saves its record once more when it starts, with status ``running`` and the
-driver's pid, host and process start time, the leaves' names and how many
-runs the workflow had, so a driver that dies leaves a record saying so.
-
-One driver at a time runs a workflow: :func:`take_lock` creates the run lock
-(``raydag-lock``, naming the driver) with the storage's atomic
-``create_meta`` before the plan is written, and the run removes it when it
-ends, however it ends. A lock whose driver is dead (its pid on this host is
-gone) is stale and broken by the next run; a lock from another host is taken
-as alive, since its driver cannot be checked from here.
-
-Everything here reads storage metadata only (no Ray), so status, listing and
-output work from any process that can reach the storage. Metadata keys under
-``<workflow>/.ffmeta/``: the run records (``runrecord-*.json``),
-``raydag-plan``, the cloudpickled :class:`~functionfuse_raydag.plan.Plan`, and
-``raydag-lock`` while a driver runs it.
+Storage metadata only (no Ray), so they work from any process that reaches the storage (see the README).
 """
 
 from __future__ import annotations
@@ -35,19 +18,6 @@ from functionfuse.storage import as_storage
 from plugins_builtin import runrecord
 
 from .errors import WorkflowNotFinishedError, WorkflowNotFoundError, WorkflowRunningError
-
-__all__ = [
-    "FAILED",
-    "RESUMABLE",
-    "RUNNING",
-    "SUCCESSFUL",
-    "default_storage",
-    "delete",
-    "get_metadata",
-    "get_output",
-    "get_status",
-    "list_all",
-]
 
 RUNNING = "RUNNING"
 SUCCESSFUL = "SUCCESSFUL"
@@ -73,11 +43,6 @@ def default_storage() -> Any:
 def resolve_storage(storage: Any = None) -> Any:
     """A storage object from a storage, a path/URL, a ``storage_factory`` dict, or ``None`` (the default)."""
     return default_storage() if storage is None else as_storage(storage)
-
-
-# ---------------------------------------------------------------------------
-# the driver: who runs the workflow, and is it still alive
-# ---------------------------------------------------------------------------
 
 
 def _proc_fields(pid: int) -> list[str] | None:
@@ -126,18 +91,6 @@ def driver_alive(record: dict) -> bool | None:
     return recorded is None or len(fields) <= 19 or fields[19] == recorded
 
 
-# ---------------------------------------------------------------------------
-# the run lock: one driver per workflow
-# ---------------------------------------------------------------------------
-
-
-def describe_driver(holder: dict) -> str:
-    """``pid N on HOST`` (and since when), for messages."""
-    since = holder.get("since")
-    when = time.strftime(", since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else ""
-    return f"pid {holder.get('pid')} on {holder.get('host')}{when}"
-
-
 def _parse(data: bytes) -> dict:
     try:
         holder = json.loads(data.decode("utf-8"))
@@ -158,10 +111,7 @@ def _create(storage: Any, workflow_name: str, key: str, data: bytes) -> bool:
 
 
 class RunLock:
-    """The run lock of one workflow, held by this driver; :meth:`release` removes it (a context manager).
-
-    :ivar holder: what the lock says: the driver's ``pid``, ``host``, ``proc_start``, ``since`` and a ``token``.
-    """
+    """The run lock of one workflow held by this driver (``holder``: what it says); a context manager."""
 
     def __init__(self, storage: Any, workflow_name: str, holder: dict, data: bytes):
         self.storage = storage
@@ -170,13 +120,9 @@ class RunLock:
         self._data = data
 
     def release(self) -> None:
-        """Remove the lock if it is still this driver's (nothing happens when it is not)."""
-        storage, data = self.storage, self._data
-        if data is None:
-            return
-        self._data = None
-        if storage.read_meta(self.workflow_name, LOCK_KEY) == data:
-            storage.remove_meta(self.workflow_name, LOCK_KEY)
+        """Remove the lock if it is still this driver's (its own bytes: the token is unique)."""
+        if self.storage.read_meta(self.workflow_name, LOCK_KEY) == self._data:
+            self.storage.remove_meta(self.workflow_name, LOCK_KEY)
 
     def __enter__(self) -> RunLock:
         return self
@@ -186,11 +132,7 @@ class RunLock:
 
 
 def take_lock(storage: Any, workflow_name: str) -> RunLock:
-    """Take the run lock of ``workflow_name`` atomically, breaking a stale one (its driver is dead).
-
-    :raises WorkflowRunningError: naming the workflow and the driver holding the lock, when that
-        driver is alive or cannot be checked (it runs on another host).
-    """
+    """Take the run lock of ``workflow_name`` atomically, breaking a stale one; else WorkflowRunningError."""
     holder = dict(driver_identity(), since=time.time(), token=uuid.uuid4().hex)
     data = json.dumps(holder).encode("utf-8")
     deadline = time.monotonic() + LOCK_CONTENTION_WAIT
@@ -208,12 +150,13 @@ def take_lock(storage: Any, workflow_name: str) -> RunLock:
         other = _parse(held)
         alive = driver_alive(other) if other else None
         if alive is not False:
-            where = storage.describe() if callable(getattr(storage, "describe", None)) else repr(storage)
+            since = other.get("since")
+            when = time.strftime(", since %Y-%m-%d %H:%M:%S UTC", time.gmtime(since)) if isinstance(since, (int, float)) else ""
             hint = ("wait for it, or kill it and resume" if alive else
                     f"if that driver is gone, remove the lock: storage.remove_meta({workflow_name!r}, {LOCK_KEY!r})")
             raise WorkflowRunningError(
-                f"raydag: workflow {workflow_name!r} is being run by another driver ({describe_driver(other)}; "
-                f"its lock {LOCK_KEY!r} in {where}); {hint}"
+                f"raydag: workflow {workflow_name!r} is being run by another driver (pid {other.get('pid')} on "
+                f"{other.get('host')}{when}; its lock {LOCK_KEY!r} in {_where(storage)}); {hint}"
             )
         # Stale. Several drivers may find it at once: only the one that creates the breaker of this
         # very lock removes it, after checking that it is still the lock it found.
@@ -237,11 +180,6 @@ def read_lock(storage: Any, workflow_name: str) -> dict | None:
     return None if data is None else _parse(data)
 
 
-# ---------------------------------------------------------------------------
-# the run record as raydag reads and writes it
-# ---------------------------------------------------------------------------
-
-
 def read_record(storage: Any, workflow_name: str) -> dict | None:
     """The latest run record of a workflow raydag ran last, or ``None``."""
     try:
@@ -251,11 +189,8 @@ def read_record(storage: Any, workflow_name: str) -> dict | None:
     return record if record.get("backend") == "raydag" else None
 
 
-def write_record(storage: Any, workflow_name: str, record: dict) -> None:
-    """Save ``record`` as ``plugins_builtin.runrecord`` does: under its own key and as the latest."""
-    data = json.dumps(record, indent=1, default=str).encode("utf-8")
-    storage.save_meta(workflow_name, runrecord.record_key(record), data)
-    storage.save_meta(workflow_name, runrecord.LATEST_KEY, data)
+#: save a run record as every run does (under its own key, and as the latest)
+write_record = runrecord.save_record
 
 
 def mark_started(context: Any, leaves: list[str]) -> dict:
@@ -284,38 +219,27 @@ def _record_or_raise(storage: Any, workflow_name: str) -> dict:
     record = read_record(storage, workflow_name)
     if record is None:
         known = ", ".join(repr(name) for name, _ in list_all(storage)) or "none"
-        where = storage.describe() if callable(getattr(storage, "describe", None)) else repr(storage)
-        raise WorkflowNotFoundError(f"raydag: no workflow {workflow_name!r} in {where} (workflows there: {known})")
+        raise WorkflowNotFoundError(f"raydag: no workflow {workflow_name!r} in {_where(storage)} (workflows there: {known})")
     return record
 
 
-# ---------------------------------------------------------------------------
-# the public API, as Ray Workflows had it
-# ---------------------------------------------------------------------------
+def _where(storage: Any) -> str:
+    return storage.describe() if callable(getattr(storage, "describe", None)) else repr(storage)
 
 
 def get_status(workflow_name: str, storage: Any = None) -> str:
-    """``RUNNING``, ``SUCCESSFUL``, ``FAILED`` or ``RESUMABLE`` (a RUNNING workflow whose driver died).
-
-    :param storage: a storage object, path or URL; default: :func:`default_storage`.
-    :raises WorkflowNotFoundError: when raydag did not run ``workflow_name`` last on that storage.
-    """
+    """``RUNNING``, ``SUCCESSFUL``, ``FAILED`` or ``RESUMABLE`` (a RUNNING workflow whose driver died)."""
     return effective_status(_record_or_raise(resolve_storage(storage), workflow_name))
 
 
 def get_metadata(workflow_name: str, storage: Any = None) -> dict:
-    """The latest run record (``plugins_builtin.runrecord``: ``run_id``, ``start``, ``end``, ``error``,
-    ``nodes``, ``counts``, ...) with raydag's ``status``, the driver's ``pid`` and ``host``, ``leaves``
-    and ``runs`` (how many times it was started or resumed)."""
+    """The latest run record with raydag's ``status``, the driver's ``pid`` and ``host``, ``leaves`` and ``runs``."""
     record = _record_or_raise(resolve_storage(storage), workflow_name)
     return dict(record, status=effective_status(record))
 
 
 def get_output(workflow_name: str, storage: Any = None) -> Any:
-    """The value of a finished workflow's leaf (a list for several leaves), read from storage.
-
-    :raises WorkflowNotFinishedError: when the workflow is not SUCCESSFUL (resume it first).
-    """
+    """The value of a SUCCESSFUL workflow's leaf (a list for several leaves), read from storage."""
     storage = resolve_storage(storage)
     record = _record_or_raise(storage, workflow_name)
     status = effective_status(record)
@@ -330,10 +254,7 @@ def get_output(workflow_name: str, storage: Any = None) -> Any:
 
 
 def list_all(storage: Any = None, status_filter: str | Iterable[str] | None = None) -> list[tuple[str, str]]:
-    """Every workflow raydag ran last in the storage as ``(workflow_name, status)``, sorted by name.
-
-    :param status_filter: a status or several; only workflows with one of them are listed.
-    """
+    """Every workflow raydag ran last in the storage as ``(workflow_name, status)``, optionally filtered."""
     storage = resolve_storage(storage)
     wanted = {status_filter} if isinstance(status_filter, str) else status_filter
     if wanted is not None and not set(wanted) <= set(STATUSES):
