@@ -183,7 +183,7 @@ def _record(call: NodeCall, start: float, duration: float) -> tuple:
         from . import raystorage
 
         saved_on = raystorage.last_saved_on if isinstance(call.storage, raystorage.RayStorage) else node_id
-    return start, duration, worker, host, node_id, saved_on
+    return start, duration, worker, host, node_id, saved_on, call.attempts
 
 
 def _reconstructed() -> bool:
@@ -573,9 +573,12 @@ def _original(exc: BaseException) -> BaseException:
 
 
 def _info(record: tuple) -> dict:
-    start, duration, worker, host, node_id, saved_on = record
-    return {"start": start, "duration": duration, "worker": worker, "host": host, "node_id": node_id,
+    start, duration, worker, host, node_id, saved_on, attempts = record
+    info = {"start": start, "duration": duration, "worker": worker, "host": host, "node_id": node_id,
             "saved_on": saved_on}
+    if attempts is not None:
+        info["attempts"] = attempts  # a node with retries or a time limit
+    return info
 
 
 # ---------------------------------------------------------------------------

@@ -131,8 +131,7 @@ def test_node_that_fails_twice_then_succeeds_is_computed_once_with_its_attempts(
     assert attempts_in(count) == 3
     entry = wf.run_record["nodes"]["fetch"]
     assert entry["outcome"] == "computed"
-    if backend_of(make_workflow) != "ray":  # the ray backend does not report attempts in its info yet
-        assert entry["attempts"] == 3
+    assert entry["attempts"] == 3
     assert storage.read_task("retries", "fetch") == 3
     # resumed: nothing is attempted again
     assert wf.run() == 4
