@@ -19,27 +19,22 @@ from functionfuse.nodecall import NodeCall, node_error_name, run_node_call, work
 __all__ = ["PrefectWorkflow", "check_flow_options", "check_task_args"]
 
 
-def _option_names(cls: type) -> frozenset:
-    """The keyword options of a Prefect ``Task`` / ``Flow`` constructor."""
-    names = inspect.signature(cls.__init__).parameters
-    return frozenset(name for name in names if name not in ("self", "fn"))
-
-
 def check_task_args(task_args: Any, where: str = "") -> dict:
     """Refuse anything but a dict of ``prefect.task`` options, naming the bad key."""
     from prefect.tasks import Task
 
-    return _check_options(task_args, _option_names(Task), "task_args", "prefect.task", where)
+    return _check_options(task_args, Task, "task_args", "prefect.task", where)
 
 
 def check_flow_options(options: Any, where: str = "") -> dict:
     """Refuse anything but a dict of ``prefect.flow`` options, naming the bad key."""
     from prefect.flows import Flow
 
-    return _check_options(options, _option_names(Flow), "prefect flow options", "prefect.flow", where)
+    return _check_options(options, Flow, "prefect flow options", "prefect.flow", where)
 
 
-def _check_options(options: Any, known: frozenset, what: str, api: str, where: str) -> dict:
+def _check_options(options: Any, cls: type, what: str, api: str, where: str) -> dict:
+    known = set(inspect.signature(cls.__init__).parameters) - {"self", "fn"}  # the constructor's keyword options
     at = f" ({where})" if where else ""
     if not isinstance(options, dict):
         raise InvalidOptionError(f"{what}{at} must be a dict of {api} options, got {type(options).__name__}")
