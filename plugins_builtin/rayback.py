@@ -1,18 +1,12 @@
 """The ``ray`` backend: every node is a Ray task, every stateful node a Ray actor.
 
-The driver submits the whole graph without blocking: a node's arguments are
-the ObjectRefs of its parents, so Ray moves results between workers and the
-driver only fetches what it asks for (the leaves, and a small record of each
-node's run). What runs where:
-
-* driver: ``ff_before_run``, ``ff_prepare_node`` (in run order; its local part),
-  ``ff_before_node`` (at submission), ``ff_after_node`` / ``ff_node_error`` /
-  ``ff_node_restored`` (as results arrive), ``ff_after_run``;
-* worker: the node call (:func:`functionfuse.nodecall.run_node_call`): the
-  callables ``ff_prepare_node`` returned, the function through
-  ``ff_execute_node``, the save through ``ff_storage_save`` (the storage
-  object travels with the task; a ``ray`` storage saves in a task on the
-  node holding its disk resource).
+The driver submits the whole graph without blocking: a node's arguments are the
+ObjectRefs of its parents, so Ray moves results between workers and the driver
+fetches only the leaves and a small record per node. Each task or actor method
+runs the node call (:func:`functionfuse.nodecall.run_node_call`), so node plugins,
+``ff_execute_node`` and the storage hooks run in the worker; the driver fires the
+run hooks and ``ff_before_node`` / ``ff_after_node`` / ``ff_node_error`` as
+results arrive.
 
 >>> wf = RayWorkflow(node, workflow_name="sums", ray_init_args={"address": "auto"})  # doctest: +SKIP
 >>> wf.query("^node1$").set_remote_args({"num_cpus": 1})  # doctest: +SKIP
@@ -23,7 +17,6 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable
 from typing import Any
 
 from functionfuse.base import READ, Run, Workflow
@@ -32,106 +25,9 @@ from functionfuse.frontend import Node
 from functionfuse.markers import hookimpl
 from functionfuse.nodecall import NodeCall, _tag, node_error_name, run_node_call, worker_location
 
+from .raycluster import check_resources, ensure_ray, validate_remote_args
+
 __all__ = ["RayWorkflow", "check_resources", "ensure_ray", "validate_remote_args"]
-
-
-# ---------------------------------------------------------------------------
-# helpers shared with the ray storage
-# ---------------------------------------------------------------------------
-
-
-def ensure_ray(ray_init_args: dict | None = None) -> Any:
-    """Import ray and connect (``ray.init(**ray_init_args)``) unless Ray is initialised already."""
-    from functionfuse.errors import MissingExtraError
-
-    try:
-        import ray
-    except ModuleNotFoundError as exc:
-        raise MissingExtraError('the ray backend needs ray: run pip install "functionfuse[ray]"') from exc
-    if not ray.is_initialized():
-        ray.init(**(ray_init_args or {}))
-    return ray
-
-
-def validate_remote_args(remote_args: Any, where: str, actor: bool = False) -> dict:
-    """Check ``remote_args`` against the options ``ray.remote`` accepts; raise naming ``where``.
-
-    :param where: what the options are for, for the message (a node, a query, a storage).
-    :param actor: check actor options (stateful nodes) rather than task options.
-    """
-    if not isinstance(remote_args, dict):
-        raise InvalidOptionError(f"{where}: remote args must be a dict of ray.remote options, got {remote_args!r:.80}")
-    try:
-        from ray._common import ray_option_utils as options
-    except ImportError:  # ray not installed, or moved: accept the keys, ray checks them at submission
-        return remote_args
-    known = options.actor_options if actor else options.task_options
-    for key in remote_args:
-        if key not in known:
-            kind = "actor (stateful node)" if actor else "task"
-            raise InvalidOptionError(
-                f"{where}: {key!r} is not a ray.remote {kind} option; valid ones are "
-                f"{', '.join(sorted(k for k in known if k != 'num_returns'))}"
-            )
-    if "num_returns" in remote_args:
-        # Every node's task returns its run record and its value; more returns would break that.
-        raise InvalidOptionError(
-            f"{where}: 'num_returns' is set by the ray backend (a node returns one value); "
-            "return a tuple and take its parts with node[i] instead"
-        )
-    try:
-        if actor:
-            options.validate_actor_options(dict(remote_args), in_options=True)
-        else:
-            options.validate_task_options(dict(remote_args), in_options=True)
-    except (ValueError, TypeError) as exc:
-        raise InvalidOptionError(f"{where}: invalid remote args {remote_args!r}: {exc}") from exc
-    return remote_args
-
-
-def _requested_resources(remote_args: dict, default_cpus: float = 0) -> dict:
-    """What a task with ``remote_args`` needs of one node; ``default_cpus``: Ray's default when
-    ``num_cpus`` is not given (1 for a task, 0 for an actor once it runs)."""
-    wanted = dict(remote_args.get("resources") or {})
-    for option, resource in (("num_cpus", "CPU"), ("num_gpus", "GPU"), ("memory", "memory")):
-        amount = remote_args.get(option)
-        if amount:
-            wanted[resource] = amount
-    if "num_cpus" not in remote_args and default_cpus and wanted:
-        wanted["CPU"] = default_cpus  # a custom resource on a node with num_cpus=0 can never run the task
-    return wanted
-
-
-def check_resources(ray: Any, requests: Iterable[tuple], what_left: str = "") -> None:
-    """Refuse a request no alive node of the cluster can satisfy (before submission, or while waiting).
-
-    Ray would keep such a task pending forever; this names it instead.
-
-    :param requests: ``(what, remote_args)`` or ``(what, remote_args, default_cpus)``; ``what`` names
-        the node or storage.
-    :param what_left: added to the message (``"the node holding it left the cluster"``).
-    """
-    nodes = None
-    for request in requests:
-        what, remote_args = request[0], request[1]
-        wanted = _requested_resources(remote_args, request[2] if len(request) > 2 else 0)
-        if not wanted:
-            continue
-        if nodes is None:
-            nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
-        if any(all(have.get(r, 0) >= amount for r, amount in wanted.items()) for have in nodes):
-            continue
-        for resource, amount in wanted.items():
-            best = max((have.get(resource, 0) for have in nodes), default=0)
-            if best < amount:
-                raise InvalidOptionError(
-                    f"{what} asks for {amount} of resource {resource!r}, but no node of the Ray cluster has "
-                    f"{'it' if best == 0 else f'more than {best}'}{what_left}; the cluster has: "
-                    f"{', '.join(sorted(ray.cluster_resources()))}"
-                )
-        raise InvalidOptionError(
-            f"{what} asks for {wanted}, which no single node of the Ray cluster has together"
-        )
 
 
 # ---------------------------------------------------------------------------
@@ -245,37 +141,27 @@ class StatefulNodeActor:
 # the driver side
 # ---------------------------------------------------------------------------
 
-# One ray.remote per function, reused across runs (Ray re-exports it to a new cluster by itself).
-_remote_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_remote_plain: dict = {}
+# One ray.remote per function (weakly: a function that goes away takes its remote along), and the helpers.
+_remotes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_helpers: dict = {}
 
 
 def _remote_for(ray: Any, func: Any, check: bool = False) -> Any:
-    if check:  # rare (leaves of return_results=False runs): not cached
-        return ray.remote(max_retries=0, num_returns=2)(_task_body(func, check=True))
     try:
-        remote = _remote_cache.get(func)
-    except TypeError:  # not weak-referenceable
-        remote = _remote_plain.get(func)
-        if remote is None:
-            remote = _remote_plain[func] = ray.remote(max_retries=0, num_returns=2)(_task_body(func))
-        return remote
+        per_func = _remotes.setdefault(func, {})
+    except TypeError:  # not weak-referenceable: kept for the process
+        per_func = _helpers.setdefault(("func", func), {})
+    remote = per_func.get(check)
     if remote is None:
-        remote = _remote_cache[func] = ray.remote(max_retries=0, num_returns=2)(_task_body(func))
+        remote = per_func[check] = ray.remote(max_retries=0, num_returns=2)(_task_body(func, check))
     return remote
-
-
-_helpers: dict = {}
 
 
 def _helper(ray: Any, name: str) -> Any:
     remote = _helpers.get(name)
     if remote is None:
-        if name == "actor":
-            remote = ray.remote(max_restarts=0)(StatefulNodeActor)
-        else:
-            remote = ray.remote(max_retries=0)(_read_body)
-        _helpers[name] = remote
+        factory = ray.remote(max_restarts=0)(StatefulNodeActor) if name == "actor" else None
+        remote = _helpers[name] = factory or ray.remote(max_retries=0)(_read_body)
     return remote
 
 

@@ -90,7 +90,7 @@ class RayStorage(Storage):
 
     # -- routing -------------------------------------------------------------------
     def _ray(self) -> Any:
-        from .rayback import check_resources, ensure_ray
+        from .raycluster import check_resources, ensure_ray
 
         ray = ensure_ray(self.ray_init_args)
         now = time.monotonic()
@@ -103,7 +103,7 @@ class RayStorage(Storage):
 
     def _get(self, ray: Any, ref: Any) -> Any:
         """``ray.get`` that notices, every few seconds, when no alive node can run the storage task."""
-        from .rayback import check_resources
+        from .raycluster import check_resources
 
         while True:
             try:
@@ -187,7 +187,7 @@ class RayStorage(Storage):
 
 def ray_storage(options: dict) -> RayStorage:
     """The ``ray`` kind: ``{"path": ..., "remoteArgs": {ray.remote options}, "rayInitArgs": {ray.init args}}``."""
-    from .rayback import validate_remote_args
+    from .raycluster import validate_remote_args
 
     unknown = [key for key in options if key not in _OPTIONS]
     if unknown:

@@ -18,7 +18,8 @@ import ray
 from functionfuse.base import READ, Run, Workflow, info_of
 from functionfuse.errors import InvalidOptionError, SerializationError, WorkerLostError
 from functionfuse.nodecall import METHOD, OBJECT, _tag, node_error_name, run_node_call, worker_location
-from plugins_builtin.rayback import _reconstructed, ensure_ray, validate_remote_args
+from plugins_builtin.rayback import _reconstructed
+from plugins_builtin.raycluster import ensure_ray, validate_remote_args
 
 from . import records
 from .errors import WorkflowNotFoundError, WorkflowRunningError
