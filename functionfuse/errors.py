@@ -83,8 +83,8 @@ class WorkerLostError(FunctionFuseError):
         self.worker = worker
         super().__init__(message)
 
-    def __reduce__(self):
-        return (type(self), (self.args[0], self.worker))
+    def __reduce__(self):  # the state too: the name of the node it belongs to travels with it
+        return (type(self), (self.args[0], self.worker), dict(self.__dict__))
 
 
 class SerializationError(FunctionFuseError):

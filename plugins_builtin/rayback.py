@@ -308,7 +308,8 @@ class RayWorkflow(Workflow):
                 try:
                     ray.get(ref)
                 except Exception as leaf_exc:  # noqa: BLE001
-                    run.fail(leaf, _original(leaf_exc))
+                    origin = node_error_name(getattr(leaf_exc, "cause", None) or leaf_exc)
+                    run.fail(run.find(origin) or leaf if origin else leaf, _original(leaf_exc))
             raise exc
 
     def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
