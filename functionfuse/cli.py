@@ -258,7 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``functionfuse`` command; returns the exit status."""
-    parser = build_parser()
+    try:
+        parser = build_parser()  # builds the plugin manager: a broken plugin fails here
+    except FunctionFuseError as exc:
+        if "--debug" in (sys.argv[1:] if argv is None else argv):
+            raise
+        print(f"functionfuse: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)

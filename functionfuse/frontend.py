@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import functools
+from collections import defaultdict
 import itertools
 import sys
 from typing import Any, Callable
@@ -221,6 +222,8 @@ def _rebuild(container: Any, out: list) -> Any:
     cls = type(container)
     if isinstance(container, dict):
         pairs = zip(out[0::2], out[1::2])
+        if isinstance(container, defaultdict):
+            return cls(container.default_factory, pairs)  # its factory is its first argument
         try:
             return cls(pairs) if cls is not dict else dict(pairs)
         except TypeError:  # e.g. defaultdict, whose first argument is a factory

@@ -220,8 +220,6 @@ def test_cli_a_broken_entry_point_is_a_plugin_error(tmp_path, script):
     assert cli("run", f"{script}:result", env=env).stdout.strip() == "result: 13"
 
 
-@pytest.mark.xfail(strict=True, reason="bug: functionfuse/cli.py main() calls build_parser() (which builds the plugin "
-                   "manager for ff_cli_commands) outside its try, so a broken entry point is a traceback, exit 1")
 def test_cli_a_broken_entry_point_is_one_error_line_and_exit_2(tmp_path, script):
     dist = tmp_path / "site" / "ff_broken_doc-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -412,8 +410,6 @@ def test_a_defaultdict_holding_nodes():
     assert len(wf.nodes) == 3 and wf.run() == 10
 
 
-@pytest.mark.xfail(strict=True, reason="bug: functionfuse/frontend.py _rebuild rebuilds a defaultdict that holds nodes "
-                   "as a plain dict (its default_factory lost); one without nodes arrives as a defaultdict")
 def test_a_defaultdict_holding_nodes_arrives_as_a_defaultdict():
     values = collections.defaultdict(int, a=add(1, 2), b=add(3, 4))
     assert LocalWorkflow(dict_total(values).set_name("dt"), workflow_name="dd").run() == ("defaultdict", 10, 0)
