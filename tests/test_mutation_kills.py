@@ -8,6 +8,7 @@ the messages that name what is wrong.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import tempfile
 
@@ -203,3 +204,88 @@ def test_consumers_count_counts_each_consumer_once():
     c = add(a, b).set_name("c")
     counts = consumers_count(closure([c]))
     assert {n.name: k for n, k in counts.items()} == {"a": 2, "b": 1, "c": 0}  # b takes a twice: one consumer
+
+
+# ---------------------------------------------------------------------------
+# frontend: containers holding nodes arrive whole; a lazy node refuses operators by name
+# ---------------------------------------------------------------------------
+
+
+@workflow
+def echo(value):
+    return value
+
+
+class Tags(list):
+    """A list subclass: rebuilt with its own type."""
+
+
+def test_containers_holding_nodes_arrive_with_their_keys_order_and_types():
+    one, two, three = inc(0).set_name("one"), inc(1).set_name("two"), inc(2).set_name("three")
+    argument = {
+        "plain": {"k1": one, "k2": [two, {"k3": three}]},
+        "ordered": collections.OrderedDict([("z", one), ("a", two)]),
+        "tuple": (one, (two, three)),
+        "set": {one, 7},
+        "frozen": frozenset([two]),
+        "tags": Tags([three, one]),
+        "pair": split(one)[1],
+    }
+    got = LocalWorkflow(echo(argument).set_name("echo"), workflow_name="containers").run()
+    assert got == {
+        "plain": {"k1": 1, "k2": [2, {"k3": 3}]},
+        "ordered": collections.OrderedDict([("z", 1), ("a", 2)]),
+        "tuple": (1, (2, 3)),
+        "set": {1, 7},
+        "frozen": frozenset([2]),
+        "tags": [3, 1],
+        "pair": 10,
+    }
+    assert list(got["plain"]) == ["k1", "k2"] and list(got["ordered"]) == ["z", "a"]
+    assert type(got["ordered"]) is collections.OrderedDict and type(got["tags"]) is Tags
+    assert type(got["frozen"]) is frozenset and type(got["set"]) is set
+
+
+BINARY = [("+", lambda n: n + 1, lambda n: 1 + n), ("-", lambda n: n - 1, lambda n: 1 - n),
+          ("*", lambda n: n * 1, lambda n: 1 * n), ("/", lambda n: n / 1, lambda n: 1 / n),
+          ("//", lambda n: n // 1, lambda n: 1 // n), ("%", lambda n: n % 1, lambda n: 1 % n),
+          ("**", lambda n: n ** 1, lambda n: 1 ** n), ("&", lambda n: n & 1, lambda n: 1 & n),
+          ("|", lambda n: n | 1, lambda n: 1 | n), ("^", lambda n: n ^ 1, lambda n: 1 ^ n),
+          ("<<", lambda n: n << 1, lambda n: 1 << n), (">>", lambda n: n >> 1, lambda n: 1 >> n)]
+UNARY = [("'-node'", lambda n: -n), ("'+node'", lambda n: +n), ("'abs(node)'", abs), ("'~node'", lambda n: ~n),
+         ("'int(node)'", int), ("'float(node)'", float), ("an index from it", lambda n: [1, 2][n])]
+
+
+@pytest.mark.parametrize("symbol,forward,reverse", BINARY, ids=[b[0] for b in BINARY])
+def test_a_lazy_node_refuses_each_binary_operator_by_name(symbol, forward, reverse):
+    node = inc(0).set_name("lazy")
+    head = "node 'lazy' has no value until it runs, so "
+    with pytest.raises(TypeError) as info:
+        forward(node)
+    assert str(info.value) == (f"{head}'node {symbol} int' cannot be computed now; do it inside a @workflow "
+                               "function that takes the node as an argument")
+    with pytest.raises(TypeError) as info:
+        reverse(node)
+    assert str(info.value).startswith(f"{head}'int {symbol} node' cannot be computed now")
+    with pytest.raises(TypeError) as info:
+        forward(split(node).set_name("halves")[0])
+    message = str(info.value)  # a reference names its node and key (quoted twice today: node "'halves'[0]")
+    assert "'halves'[0]" in message and f"has no value until it runs, so 'node {symbol} int'" in message
+
+
+@pytest.mark.parametrize("shown,expression", UNARY, ids=[u[0] for u in UNARY])
+def test_a_lazy_node_refuses_each_unary_operator_by_name(shown, expression):
+    with pytest.raises(TypeError) as info:
+        expression(inc(0).set_name("lazy"))
+    assert str(info.value).startswith(f"node 'lazy' has no value until it runs, so {shown} cannot be computed now")
+
+
+def test_a_lazy_node_has_no_truth_in_user_code_but_is_an_object_inside_functionfuse():
+    node = inc(0).set_name("lazy")
+    with pytest.raises(TypeError, match=r"^node 'lazy' has no value until it runs, so its truth value"):
+        bool(node)
+    # functionfuse's own modules (and plugins on it) may write `node or default`
+    assert eval("bool(node)", {"__name__": "functionfuse.somewhere", "node": node}) is True
+    assert eval("bool(node)", {"__name__": "plugins_builtin.somewhere", "node": node}) is True
+    with pytest.raises(TypeError):
+        eval("bool(node)", {"__name__": "my_module", "node": node})
