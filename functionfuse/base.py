@@ -647,12 +647,12 @@ class Run:
             raise exc
         raise error from exc
 
-    def find(self, name: str) -> Node | None:
-        """The node of this run named ``name``."""
+    def find(self, name: str | None, default: Node | None = None) -> Node | None:
+        """The node of this run named ``name``, else ``default`` (nodes have no truth value: no ``or``)."""
         for node in self.workflow.nodes:
             if node.name == name:
                 return node
-        return None
+        return default
 
     def consumers(self) -> dict[Node, int]:
         """How many nodes still to compute take each node's value (to release results early)."""

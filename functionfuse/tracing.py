@@ -19,6 +19,16 @@ import structlog
 __all__ = ["install_tracing", "make_logger"]
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now: a cached, traced plugin host outlives a swapped stderr."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def make_logger(mode: str, stream: Any = None) -> Any:
     """A structlog logger writing to ``stream`` (stderr by default), readable or JSON."""
     renderer = (
@@ -27,7 +37,7 @@ def make_logger(mode: str, stream: Any = None) -> Any:
         else structlog.dev.ConsoleRenderer(colors=False)
     )
     return structlog.wrap_logger(
-        structlog.PrintLogger(stream or sys.stderr),
+        structlog.PrintLogger(stream or _CurrentStderr()),
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),

@@ -446,7 +446,7 @@ class _Session:
             exc = future.exception()
             origin = node_error_name(exc)
             if origin is not None:
-                node = run.find(origin) or node
+                node = run.find(origin, node)
             elif isinstance(exc, KilledWorker):
                 node = self.keys.get(exc.task, node)
             candidates.append((node, exc, None))

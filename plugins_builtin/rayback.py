@@ -309,7 +309,7 @@ class RayWorkflow(Workflow):
                     ray.get(ref)
                 except Exception as leaf_exc:  # noqa: BLE001
                     origin = node_error_name(getattr(leaf_exc, "cause", None) or leaf_exc)
-                    run.fail(run.find(origin) or leaf if origin else leaf, _original(leaf_exc))
+                    run.fail(run.find(origin, leaf), _original(leaf_exc))
             raise exc
 
     def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
@@ -367,10 +367,11 @@ class RayWorkflow(Workflow):
         origin = node_error_name(cause) if cause is not None else None
         if origin is None and _INPUT_FAILED in _plain_text(exc):
             # The node's inputs could not be brought to it: a parent's value Ray could not serialise.
-            node = _producer(node, _plain_text(exc)) or node
+            found = _producer(node, _plain_text(exc))
+            node = found if found is not None else node
         if origin is not None and origin != node.name:
             # A downstream node reported the error of the node that really raised: name that one.
-            node = run.find(origin) or node
+            node = run.find(origin, node)
         elif cause is None or isinstance(exc, (rex.WorkerCrashedError, rex.RayActorError)):
             # No node name travelled with the error (a worker died): the earliest failed node in run order.
             done, _ = ray.wait(list(metas.values()), num_returns=len(metas), timeout=0)

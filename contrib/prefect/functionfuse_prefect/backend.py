@@ -145,7 +145,7 @@ class PrefectWorkflow(Workflow):
             try:
                 values[node] = future.result()
             except Exception as exc:
-                failed = run.find(node_error_name(exc) or node.name) or node
+                failed = run.find(node_error_name(exc) or node.name, node)
                 run.fail(failed, exc, infos.get(failed.name))
             run.finished(node, values[node], infos.get(node.name, {}))
         return [values[leaf] for leaf in self.leaves]

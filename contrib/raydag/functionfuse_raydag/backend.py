@@ -218,7 +218,7 @@ class RayWorkflow(Workflow):
                         with contextlib.suppress(Exception):  # Ray refuses to cancel actor tasks: harmless
                             ray.cancel(other)
                     cause = exc.cause if isinstance(getattr(exc, "cause", None), BaseException) else exc
-                    run.fail(run.find(node_error_name(cause) or node.name) or node, cause)
+                    run.fail(run.find(node_error_name(cause) or node.name, node), cause)
                 if computed:
                     run.finished(node, None, info)
 
