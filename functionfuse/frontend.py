@@ -91,7 +91,7 @@ _INTERNAL_MODULES = ("functionfuse", "plugins_builtin", "pluggy", "contrib")
 
 def _no_value(node_name: str, what: str) -> TypeError:
     return TypeError(
-        f"node {node_name!r} has no value until it runs, so {what} cannot be computed now; "
+        f"node {node_name} has no value until it runs, so {what} cannot be computed now; "
         "do it inside a @workflow function that takes the node as an argument"
     )
 
@@ -531,5 +531,5 @@ def _classify(cls: type) -> int:
     return kind
 
 
-_lazy_operators(Node, lambda node: node.name)
+_lazy_operators(Node, lambda node: repr(node.name))
 _lazy_operators(Ref, lambda ref: repr(ref)[4:-1])

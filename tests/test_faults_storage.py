@@ -636,8 +636,8 @@ def test_a_lazy_node_has_no_truth_value_and_no_arithmetic():
             pass
     for expression, shown in [(lambda: node + 1, "'node \\+ int'"), (lambda: 1 + node, "'int \\+ node'"),
                               (lambda: node * node, "'node \\* Node'"), (lambda: -node, "'-node'"),
-                              (lambda: pair()[0] / 2, "pair_\\d+\\[0\\]")]:
-        with pytest.raises(TypeError, match=f"has no value until it runs|{shown}"):
+                              (lambda: pair()[0] / 2, "'node / int'")]:
+        with pytest.raises(TypeError, match=f"has no value until it runs.*{shown}"):
             expression()
     with pytest.raises(TypeError, match=r"node 'lazy' has no value until it runs, so 'node \+ int'"):
         node + 1
