@@ -3,8 +3,8 @@
 Coverage's own ``.pth`` hook starts measuring in every Python process when
 ``COVERAGE_PROCESS_START`` is set, and saves at exit. A Ray worker never
 exits through Python (no atexit, no ``os._exit``, no SIGTERM handler: the
-raylet ends it), so here a daemon thread saves its data every half second;
-only the lines a worker ran in its last half second before the cluster
+raylet ends it), so here a daemon thread saves its data every second (from 5 s after
+start); only the lines a worker ran in its last second before the cluster
 stopped can be missed. Every other process is left as it is.
 """
 
@@ -12,9 +12,12 @@ import os
 import sys
 
 
-def _save_periodically(cov, interval: float = 0.5) -> None:
+def _save_periodically(cov, interval: float = 1.0, first: float = 5.0) -> None:
     import time
 
+    # The first save waits until the worker's start-up imports are done: a save while Ray
+    # unpickles the first function (and imports its modules) is the one moment it can disturb.
+    time.sleep(first)
     while True:
         time.sleep(interval)
         try:
