@@ -153,8 +153,6 @@ def plan_resume(
             if obj not in to_compute or replayed.get(obj, -2) < upto:
                 before = len(to_compute)
                 replay(obj, max(upto, replayed.get(obj, -1)))
-                if obj not in replayed:
-                    replayed[obj] = -1
                 changed = changed or len(to_compute) != before
         if not changed:
             break
