@@ -321,7 +321,7 @@ def test_ray_storage_kind_saves_on_the_disk_node_and_keeps_run_records(ray_clust
 
 
 def test_dask_arrays_on_a_memory_url():
-    da = pytest.importorskip("dask.array")
+    import dask.array as da
     from functionfuse.serializers.daskarray import DaskArraySerializer
 
     url = f"memory://ffdocs-{uuid.uuid4().hex[:8]}"
