@@ -1137,6 +1137,18 @@ def args_fingerprint(node: Node, fps: dict, hook: Callable | None = None, *, exc
 _KIND_TAGS = {"call": _enc_str("call"), "object": _enc_str("object"), "method": _enc_str("method")}
 
 
+def _argument_bytes(a: Any, excluded: bool, encoders: dict, fps: dict, ctx: _Context) -> bytes:
+    """One argument's part of the digest: left out, an atom, a parent's fingerprint, or a value's."""
+    if excluded:
+        return b"X"
+    enc = encoders.get(a.__class__)
+    if enc is not None:
+        return enc(a)
+    if isinstance(a, Node):
+        return b"P" + fps[a].encode()
+    return b"V" + _value_hex(a, ctx).encode()
+
+
 def _args_digest(node: Node, fps: dict, ctx: _Context, excluded: tuple | None) -> str:
     encoders = _ATOM_ENCODERS
     kind = node.kind
@@ -1148,31 +1160,14 @@ def _args_digest(node: Node, fps: dict, ctx: _Context, excluded: tuple | None) -
     position = key = None
     try:
         for position, a in enumerate(node.args):
-            enc = encoders.get(a.__class__)
-            if position in positions:
-                h.update(b"X")
-            elif enc is not None:
-                h.update(enc(a))
-            elif isinstance(a, Node):
-                h.update(b"P" + fps[a].encode())
-            else:
-                h.update(b"V" + _value_hex(a, ctx).encode())
+            h.update(_argument_bytes(a, position in positions, encoders, fps, ctx))
         position = None
         kwargs = node.kwargs
         if kwargs:
             h.update(b"|kw|")
             for key in sorted(kwargs):
-                a = kwargs[key]
                 h.update(_enc_str(key))
-                enc = encoders.get(a.__class__)
-                if key in keys:
-                    h.update(b"X")
-                elif enc is not None:
-                    h.update(enc(a))
-                elif isinstance(a, Node):
-                    h.update(b"P" + fps[a].encode())
-                else:
-                    h.update(b"V" + _value_hex(a, ctx).encode())
+                h.update(_argument_bytes(kwargs[key], key in keys, encoders, fps, ctx))
     except UnfingerprintableError as error:
         if error.node_name is not None:
             raise
