@@ -1,7 +1,8 @@
 """Per-node overhead of functionfuse's local backend, against direct calls and dask.delayed.
 
-    python benchmarks/overhead.py            # every shape and size (a few minutes)
-    python benchmarks/overhead.py --quick    # 1,000 and 10,000 nodes only
+    python benchmarks/overhead.py                 # every shape and size (several minutes)
+    python benchmarks/overhead.py --quick         # 1,000 and 10,000 nodes only
+    python benchmarks/overhead.py --processes 7   # fresh processes per figure (default 5)
 
 Shapes of trivial integer functions:
   chain    n_i = add(n_{i-1}, 1)
@@ -12,7 +13,10 @@ For each shape and size it prints the build and run times, time and peak
 memory per node, and the ratio of functionfuse (build + run) to
   direct  building plain call descriptions and calling the functions in the same order
   dask    dask.delayed with the synchronous scheduler (1,000 and 10,000 nodes only)
-all measured in the same process. Then the resume check: a fully stored
+all measured in the same process. Every figure is the median over
+``--processes`` fresh Python processes (each takes the best of a few rounds of
+each side, interleaved), timed in process CPU time (``time.process_time``) so
+that other load on a shared machine counts less. Then the resume check: a fully stored
 10,000-node workflow whose nodes sleep 1 ms, computed, then resumed.
 
 Targets (not tests): ratio to direct <= 3; time per node at 100,000 (and the
@@ -23,6 +27,10 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
+import statistics
+import subprocess
+import sys
 import shutil
 import tempfile
 import time
@@ -64,12 +72,12 @@ def ff_build(shape: str, n: int):
 
 
 def ff_build_and_run(shape: str, n: int):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     leaf = ff_build(shape, n)
     wf = LocalWorkflow(leaf, workflow_name="bench")
-    t1 = time.perf_counter()
+    t1 = time.process_time()
     value = wf.run()
-    t2 = time.perf_counter()
+    t2 = time.process_time()
     return value, t1 - t0, t2 - t1
 
 
@@ -110,12 +118,12 @@ def direct_build(shape: str, n: int) -> list:
 
 
 def direct_build_and_run(shape: str, n: int):
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     calls = direct_build(shape, n)
     results: dict = {}
     for call in calls:
         results[call] = call.func(*[results[a] if a.__class__ is Call else a for a in call.args])
-    return results[calls[-1]], time.perf_counter() - t0
+    return results[calls[-1]], time.process_time() - t0
 
 
 # -- dask.delayed ---------------------------------------------------------------
@@ -124,7 +132,7 @@ def dask_build_and_run(shape: str, n: int):
 
     d_add = dask.delayed(add, pure=False)
     d_total = dask.delayed(total, pure=False)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if shape == "chain":
         node = d_add(0, 1)
         for _ in range(n - 1):
@@ -138,7 +146,7 @@ def dask_build_and_run(shape: str, n: int):
             layer = [d_add(layer[i], layer[(i + 1) % WIDTH]) for i in range(WIDTH)]
         node = d_total(*layer)
     value = node.compute(scheduler="sync")
-    return value, time.perf_counter() - t0
+    return value, time.process_time() - t0
 
 
 def peak_bytes_per_node(shape: str, n: int) -> float:
@@ -158,12 +166,51 @@ def best(fn, repeat: int):
     return min(runs, key=lambda r: r[-1] if len(r) == 2 else r[1] + r[2])
 
 
-def bench_shapes(quick: bool) -> None:
+def measure_one(shape: str, n: int) -> dict:
+    """One fresh process's figures for one shape and size (seconds for the whole graph)."""
+    repeat = 3 if n <= 10_000 else 1
+    ff_runs, direct_runs = [], []
+    for _ in range(repeat):  # interleaved, so a burst of load hits both sides
+        gc.collect()
+        ff_runs.append(ff_build_and_run(shape, n))
+        gc.collect()
+        direct_runs.append(direct_build_and_run(shape, n))
+    value, build, run = min(ff_runs, key=lambda r: r[1] + r[2])
+    d_value, direct = min(direct_runs, key=lambda r: r[1])
+    assert value == d_value, (shape, n, value, d_value)
+    out = {"build": build, "run": run, "direct": direct, "dask": None, "mem": None}
+    if n <= 10_000:
+        k_value, out["dask"] = dask_build_and_run(shape, n)
+        assert k_value == value
+    if n <= 100_000:
+        out["mem"] = peak_bytes_per_node(shape, n)
+    return out
+
+
+def measure(shape: str, n: int, processes: int) -> dict:
+    """The median of each figure over ``processes`` fresh processes."""
+    runs = []
+    for _ in range(processes):
+        done = subprocess.run([sys.executable, __file__, "--one", shape, str(n)], check=True,
+                              capture_output=True, text=True)
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    median = {key: statistics.median(r[key] for r in runs) for key in ("build", "run", "direct")}
+    median["ratio"] = statistics.median((r["build"] + r["run"]) / r["direct"] for r in runs)
+    dask = [r["dask"] for r in runs if r["dask"] is not None]
+    median["dask_ratio"] = statistics.median((r["build"] + r["run"]) / r["dask"] for r in runs) if dask else None
+    median["dask"] = statistics.median(dask) if dask else None
+    mems = [r["mem"] for r in runs if r["mem"] is not None]
+    median["mem"] = statistics.median(mems) if mems else float("nan")
+    return median
+
+
+def bench_shapes(quick: bool, processes: int) -> None:
     sizes = {
         "chain": [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000],
         "fanout": [1_000, 10_000] if quick else [1_000, 10_000, 100_000],
         "diamond": [1_000, 10_000] if quick else [1_000, 10_000, 100_000],
     }
+    print(f"medians over {processes} fresh processes; process CPU time")
     header = (
         f"{'shape':8} {'nodes':>9} {'build s':>9} {'run s':>9} {'us/node':>8} {'B/node':>7} "
         f"{'direct us/n':>11} {'x direct':>8} {'dask us/n':>10} {'x dask':>7}"
@@ -173,26 +220,17 @@ def bench_shapes(quick: bool) -> None:
     per_node_10k: dict[str, float] = {}
     for shape, ns in sizes.items():
         for n in ns:
-            repeat = 3 if n <= 10_000 else 1
-            value, build, run = best(lambda: ff_build_and_run(shape, n), repeat)
-            d_value, direct = best(lambda: direct_build_and_run(shape, n), repeat)
-            assert value == d_value, (shape, n, value, d_value)
-            ff_total_s = build + run
-            us = ff_total_s / n * 1e6
+            m = measure(shape, n, processes)
+            us = (m["build"] + m["run"]) / n * 1e6
             if n == 10_000:
                 per_node_10k[shape] = us
-            dask_cell = ""
-            if n <= 10_000:
-                k_value, dask_s = best(lambda: dask_build_and_run(shape, n), 1)
-                assert k_value == value
-                dask_cell = f"{dask_s / n * 1e6:10.2f} {ff_total_s / dask_s:7.2f}"
-            mem = peak_bytes_per_node(shape, n) if n <= 100_000 else float("nan")
+            dask_cell = f"{m['dask'] / n * 1e6:10.2f} {m['dask_ratio']:7.2f}" if m["dask"] else ""
             flat = ""
             if n > 10_000 and shape in per_node_10k:
                 flat = f"   ({us / per_node_10k[shape]:.2f}x the 10k cost per node)"
             print(
-                f"{shape:8} {n:9,d} {build:9.3f} {run:9.3f} {us:8.2f} {mem:7.0f} "
-                f"{direct / n * 1e6:11.2f} {ff_total_s / direct:8.2f} {dask_cell}{flat}"
+                f"{shape:8} {n:9,d} {m['build']:9.3f} {m['run']:9.3f} {us:8.2f} {m['mem']:7.0f} "
+                f"{m['direct'] / n * 1e6:11.2f} {m['ratio']:8.2f} {dask_cell}{flat}", flush=True
             )
 
 
@@ -239,8 +277,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 nodes only")
     parser.add_argument("--no-resume", action="store_true", help="skip the resume check")
+    parser.add_argument("--processes", type=int, default=5, help="fresh processes per figure (median)")
+    parser.add_argument("--one", nargs=2, metavar=("SHAPE", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    bench_shapes(args.quick)
+    if args.one:
+        print(json.dumps(measure_one(args.one[0], int(args.one[1]))))
+        return
+    bench_shapes(args.quick, args.processes)
     if not args.no_resume:
         bench_resume()
 

@@ -305,7 +305,7 @@ class Node:
     """
 
     __slots__ = (
-        "func", "args", "kwargs", "parents", "children", "seq", "argmode", "slots", "_name", "_number", "__weakref__",
+        "func", "args", "kwargs", "parents", "_kids", "seq", "argmode", "slots", "_name", "_number", "__weakref__",
     )
 
     kind = "call"
@@ -319,9 +319,10 @@ class Node:
         number = self._number = _name_counters.get(qualname, 0)
         _name_counters[qualname] = number + 1
         self._name = None
-        self.children = None
+        self._kids = None  # the children: None, one node, or a list (fewer objects for the GC)
+        # The hot path of building: one pass over the arguments, then link parents and children.
         parents = list(extra_parents) if extra_parents else []
-        mode = ARGS_NONE
+        mode = 0  # ARGS_NONE; ARGS_TOP = 1 and ARGS_NESTED = 2 as in resolve_args
         slots = []
         kinds = _ARG_KINDS
         position = -1
@@ -338,11 +339,11 @@ class Node:
                 parents.append(a.node)
             else:
                 if kind == 4 or _scan_nested(a, parents):
-                    mode = ARGS_NESTED
+                    mode = 2
                 continue
-            mode |= ARGS_TOP
+            mode |= 1
             slots.append(position)
-        self.slots = tuple(slots)
+        self.slots = tuple(slots) if slots else ()
         if kwargs:
             for a in kwargs.values():
                 kind = kinds.get(a.__class__)
@@ -352,31 +353,58 @@ class Node:
                     continue
                 if kind == 1:
                     parents.append(a)
-                    mode = ARGS_NESTED  # top-level keyword dependencies take the general path
+                    mode = 2  # top-level keyword dependencies take the general path
                 elif kind == 2:
                     parents.append(a.node)
-                    mode = ARGS_NESTED
+                    mode = 2
                 elif kind == 4 or _scan_nested(a, parents):
-                    mode = ARGS_NESTED
-        self.argmode = mode if mode < ARGS_NESTED else ARGS_NESTED
-        if not parents:
+                    mode = 2
+        self.argmode = 2 if mode > 2 else mode
+        count = len(parents)
+        if not count:
             self.parents = ()
             return
-        if len(parents) == 1:
+        if count == 1:
             parent = parents[0]
-            self.parents = (parent,)
-            if parent.children is None:
-                parent.children = [self]
+            self.parents = args if mode == 1 and len(args) == 1 and args[0] is parent else (parent,)
+            kids = parent._kids
+            if kids is None:
+                parent._kids = self
+            elif kids.__class__ is list:
+                kids.append(self)
             else:
-                parent.children.append(self)
+                parent._kids = [kids, self]
             return
-        parents = tuple(dict.fromkeys(parents))
+        if count == 2:
+            first, second = parents
+            parents = (first,) if first is second else (first, second)
+        else:
+            parents = tuple(dict.fromkeys(parents))
+        if mode == 1 and len(parents) == len(args) and parents == args and not extra_parents:
+            parents = args  # every argument is a distinct whole node: share the tuple (fewer objects for the GC)
         self.parents = parents
         for p in parents:
-            if p.children is None:
-                p.children = [self]
+            kids = p._kids
+            if kids is None:
+                p._kids = self
+            elif kids.__class__ is list:
+                kids.append(self)
             else:
-                p.children.append(self)
+                p._kids = [kids, self]
+
+    @property
+    def children(self) -> list:
+        """The nodes that take this node's value, in creation order (a new list when there is one or none)."""
+        kids = self._kids
+        if kids is None:
+            return []
+        return kids if kids.__class__ is list else [kids]
+
+    @property
+    def last_child(self) -> Node | None:
+        """The most recently created node that takes this node's value (``None`` if there is none)."""
+        kids = self._kids
+        return kids[-1] if kids.__class__ is list else kids
 
     # -- naming -----------------------------------------------------------
     @property

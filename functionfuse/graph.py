@@ -34,35 +34,47 @@ def as_leaves(nodes: Iterable, where: str = "workflow") -> tuple[Node, ...]:
 
 
 def closure(leaves: Iterable[Node]) -> list[Node]:
-    """Every node of the workflow defined by ``leaves``, in run order."""
-    members: set[Node] = set()
-    stack = list(leaves)
+    """Every node of the workflow defined by ``leaves``, in run order.
+
+    That is: the leaves, their ancestors, every descendant of the roots among those
+    ancestors, and the ancestors of those descendants.
+    """
     # 1. the leaves and their ancestors
+    ancestors: set[Node] = set()
+    add = ancestors.add
+    stack = list(leaves)
+    pop, extend = stack.pop, stack.extend
     while stack:
-        node = stack.pop()
-        if node in members:
+        node = pop()
+        if node not in ancestors:
+            add(node)
+            extend(node.parents)
+    # 2. every descendant of their roots (a superset of the ancestors: each descends from a root)
+    stack = [node for node in ancestors if not node.parents]
+    members: set[Node] = set(stack)
+    add = members.add
+    pop, append = stack.pop, stack.append
+    while stack:
+        kids = pop()._kids  # None, one node, or a list (see Node.children)
+        if kids is None:
             continue
-        members.add(node)
-        stack.extend(node.parents)
-    # 2. every descendant of their roots
-    stack = [node for node in members if not node.parents]
-    seen_desc: set[Node] = set(stack)
-    while stack:
-        node = stack.pop()
-        children = node.children
-        if children:
-            for child in children:
-                if child not in seen_desc:
-                    seen_desc.add(child)
-                    stack.append(child)
-    # 3. closed under "parents of"
-    stack = [node for node in seen_desc if node not in members]
-    while stack:
-        node = stack.pop()
-        if node in members:
+        if kids.__class__ is not list:
+            if kids not in members:
+                add(kids)
+                append(kids)
             continue
-        members.add(node)
-        stack.extend(p for p in node.parents if p not in members)
+        for child in kids:
+            if child not in members:
+                add(child)
+                append(child)
+    # 3. closed under "parents of": a descendant may also take a node from outside
+    stack = [p for node in members - ancestors for p in node.parents if p not in members]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        node = pop()
+        if node not in members:
+            add(node)
+            extend(node.parents)
     order = list(members)
     order.sort(key=_seq_of)
     return order

@@ -51,6 +51,7 @@ __all__ = [
     "WorkerContext",
     "WorkerHooks",
     "run_node_call",
+    "run_plain_in_process",
     "make_template",
     "prepare_callables",
     "node_error_name",
@@ -421,6 +422,45 @@ def run_node_call(call: NodeCall, values: Any, func: Any = None) -> tuple[Any, f
         _tag(exc, call.name)
         raise
     return value, start, duration
+
+
+def run_plain_in_process(nodes: list, keep: set, fail: Callable[[Any, BaseException], None]) -> dict:
+    """Run ``nodes`` (in run order) in this process when a run is plain; return the kept results.
+
+    A plain run has no storage, no per-node hook, no node plugin, no retry or time limit, so
+    a node call is only: put the parents' values into the arguments, call, tag a failure with
+    the node's name (then ``fail(node, exc)`` raises the run's error). Every child of a node is
+    a node of the run and is created after it (:func:`functionfuse.graph.closure`), so a result
+    is released once its last child (``node.last_child``) has run, unless it is in ``keep``.
+    """
+    results: dict = {}
+    for node in nodes:
+        func = node.func
+        mode = node.argmode
+        try:
+            if mode == ARGS_NONE:
+                kwargs = node.kwargs
+                value = func(*node.args, **kwargs) if kwargs else func(*node.args)
+            elif mode == ARGS_TOP:
+                args = list(node.args)
+                for position in node.slots:
+                    a = args[position]
+                    args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
+                kwargs = node.kwargs
+                value = func(*args, **kwargs) if kwargs else func(*args)
+            else:
+                args, kwargs = resolve_args(node, results)
+                value = func(*args, **kwargs)
+        except BaseException as exc:
+            _tag(exc, node.name)
+            fail(node, exc)
+            raise  # ``fail`` raises the run's error; never go on without a value
+        results[node] = value
+        for parent in node.parents:
+            kids = parent._kids
+            if (kids[-1] if kids.__class__ is list else kids) is node and parent not in keep:
+                del results[parent]
+    return results
 
 
 def _invoke(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 from functionfuse.base import READ, Run, Workflow, info_of
 from functionfuse.markers import hookimpl
-from functionfuse.nodecall import CALL, NodeCall, run_node_call, worker_location
+from functionfuse.nodecall import run_node_call, run_plain_in_process, worker_location
 
 __all__ = ["LocalWorkflow"]
 
@@ -70,25 +70,8 @@ class LocalWorkflow(Workflow):
 
 
     def _run_plain(self, run: Run) -> list:
-        """No storage, no per-node hook, no node attribute: one node call object, refilled per node."""
-        results: dict = {}
-        remaining = run.consumers()
-        keep = set(self.leaves)
-        call = NodeCall(None, self.workflow_name, CALL, None, None)
-        for node in self.nodes:
-            call.func = node.func
-            call.template = node
-            try:
-                results[node] = run_node_call(call, results)[0]
-            except Exception as exc:
-                run.fail(node, exc)
-            for parent in node.parents:
-                left = remaining[parent] - 1
-                if left:
-                    remaining[parent] = left
-                elif parent not in keep:
-                    del remaining[parent]
-                    del results[parent]
+        """No storage, no per-node hook, no node attribute: the core's in-process loop."""
+        results = run_plain_in_process(self.nodes, set(self.leaves), run.fail)
         return [results[leaf] for leaf in self.leaves]
 
 
