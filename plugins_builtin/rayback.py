@@ -15,17 +15,19 @@ results arrive.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import re
 import weakref
 from typing import Any
 
-from functionfuse.base import READ, Run, Workflow
+from functionfuse.base import READ, Run, Workflow, info_of
 from functionfuse.errors import InvalidOptionError
 from functionfuse.frontend import Node
 from functionfuse.markers import hookimpl
 from functionfuse.nodecall import NodeCall, _tag, node_error_name, run_node_call, worker_location
 
-from .raycluster import check_resources, ensure_ray, validate_remote_args
+from .raycluster import check_init_args, check_resources, ensure_ray, validate_remote_args
 
 __all__ = ["RayWorkflow", "check_resources", "ensure_ray", "validate_remote_args"]
 
@@ -99,19 +101,15 @@ class StatefulNodeActor:
     """The Ray actor behind a stateful node: it holds the instance and runs its method calls in order."""
 
     def __init__(self, call: NodeCall, *values: Any):
-        self.instance = None
-        self.error: BaseException | None = None
+        self.name, self.instance, self.error, self.lost = call.name, None, None, None
         if _reconstructed():
             # Ray rebuilt the actor from its constructor: the state of the calls made before is gone,
             # and queued calls may be replayed out of order. Refuse every call rather than give a wrong value.
-            from functionfuse.errors import WorkerLostError
-
-            self.error = WorkerLostError(
+            self.lost = (
                 f"the Ray actor of stateful node {call.name!r} died and Ray restarted it (max_restarts): "
                 "its state after the earlier calls is lost, so its calls are refused; rerun with storage to "
                 "resume, which rebuilds the object and replays its calls in order"
             )
-            _tag(self.error, call.name)
             return
         # A failing constructor is kept and reported by ready(), so the driver gets the original exception.
         try:
@@ -120,20 +118,27 @@ class StatefulNodeActor:
         except Exception as exc:  # noqa: BLE001 - reported by ready() and every call
             self.error = exc
 
-    def ready(self) -> tuple:
+    def _check(self, name: str) -> None:
+        if self.lost is not None:
+            from functionfuse.errors import WorkerLostError
+
+            refused = WorkerLostError(self.lost)
+            _tag(refused, name)  # the call refused (the message names the object)
+            raise refused
         if self.error is not None:
             raise self.error
+
+    def ready(self) -> tuple:
+        self._check(self.name)
         return self.meta
 
     def call(self, call: NodeCall, *values: Any) -> tuple:
-        if self.error is not None:
-            raise self.error
+        self._check(call.name)
         value, start, duration = run_node_call(call, (self.instance, *values))
         return _record(call, start, duration), value
 
     def snapshot(self) -> Any:
-        if self.error is not None:
-            raise self.error
+        self._check(self.name)
         return self.instance
 
 
@@ -181,15 +186,12 @@ class RayWorkflow(Workflow):
 
     backend_name = "ray"
     query_keys = frozenset({"plugins", "remote_args"})
+    #: ``ray.remote`` options every node's task gets before its own remote args (raydag: Ray's retries)
+    task_options: dict = {}
 
     def __init__(self, *nodes: Node, workflow_name: str = "workflow", ray_init_args: dict | None = None, **kwargs: Any):
         super().__init__(*nodes, workflow_name=workflow_name, **kwargs)
-        if ray_init_args is not None and not isinstance(ray_init_args, dict):
-            raise InvalidOptionError(
-                f"RayWorkflow({workflow_name!r}): ray_init_args must be a dict of ray.init arguments, "
-                f"got {type(ray_init_args).__name__}"
-            )
-        self.ray_init_args = dict(ray_init_args or {})
+        self.ray_init_args = check_init_args(ray_init_args, f"{self.backend_name} workflow {self.workflow_name!r}")
 
     # -- running ------------------------------------------------------------------
     def run(self, return_results: bool = True, max_pending_tasks: int = 0) -> Any:
@@ -212,21 +214,26 @@ class RayWorkflow(Workflow):
         self._check_cluster(ensure_ray(self.ray_init_args))
 
     def _check_cluster(self, ray: Any) -> None:
-        requests = []
-        for node, attrs in self.node_attrs.items():
-            remote_args = attrs.get("remote_args")
-            if remote_args and node.kind != "method":
-                # Ray's default of 1 CPU (an actor: 1 to be placed) counts where num_cpus is not given
-                requests.append((f"node {node.name!r} of workflow {self.workflow_name!r}", remote_args, 1))
+        # What each node asks of the cluster, checked now and again while it waits (_check_in_flight);
+        # Ray's default of 1 CPU (an actor: 1 to be placed) counts where num_cpus is not given.
+        self._requests = {
+            node: (f"node {node.name!r} of workflow {self.workflow_name!r}", attrs["remote_args"], 1)
+            for node, attrs in self.node_attrs.items() if attrs.get("remote_args") and node.kind != "method"
+        }
         storage_args = getattr(self.storage, "remote_args", None)
-        if storage_args:
-            requests.append((f"the ray storage of workflow {self.workflow_name!r}", storage_args, 0))
-        check_resources(ray, requests)
+        storage = [(f"the ray storage of workflow {self.workflow_name!r}", storage_args, 0)] if storage_args else []
+        check_resources(ray, [*self._requests.values(), *storage])
 
     def _submit_and_collect(self, run: Run, return_results: bool, max_pending_tasks: int) -> list:
+        # A function's call goes without its function: the task body exported for that function has it.
+        steps = ((node, action, *run.node_call(node, action, with_func=node.kind != "call"))
+                 for node, action in run.steps())
+        return self._submit(run, steps, return_results, max_pending_tasks)
+
+    def _submit(self, run: Run, steps: Any, return_results: bool, max_pending: int) -> list:
+        """Submit ``steps`` (``(node, action, call, deps)`` in run order), collect them, return the leaves."""
         import ray
 
-        max_pending = max_pending_tasks
         attrs = self.node_attrs
         watch_all = bool(max_pending) or run.after_node is not None
         refs: dict = {}  # node -> ObjectRef of its value
@@ -238,38 +245,34 @@ class RayWorkflow(Workflow):
         remaining = run.consumers()  # node -> consumers not submitted yet: its value ref goes at 0
         keep = set(self.leaves)
         leaves = keep if not return_results else ()
-        self._requests = {}  # node -> (what, remote_args, default cpus): rechecked while waiting
 
         def snapshot(obj: Node) -> Any:
             # An object handed to a function as a value: its state after the calls submitted so far.
             return actors[obj].snapshot.remote()
 
-        for node, action in run.steps():
+        for node, action, call, deps in steps:
             if plan_compute is None:
                 plan_compute = run.plan.to_compute
             if action == READ:
-                call, _ = run.node_call(node, READ)
                 refs[node] = _helper(ray, "read").remote(call)
                 continue
             if max_pending and len(pending) >= max_pending:
                 pending = self._collect(ray, run, pending, watched, metas)
             kind = node.kind
-            call, deps = run.node_call(node, with_func=kind != "call")
             run.started(node)
             node_attrs = attrs.get(node) if attrs else None
             # A method call runs on its object's actor, which takes the object node's remote args.
             remote_args = node_attrs.get("remote_args") if node_attrs and kind != "method" else None
-            values = [refs[d] if d in refs else snapshot(d) for d in deps]
+            # A method call's dep 0 is its object, which the actor holds.
+            values = [refs[d] if d in refs else snapshot(d) for d in (deps[1:] if kind == "method" else deps)]
             try:
                 if kind == "call":
                     remote = _remote_for(ray, node.func, check=node in leaves)
-                    if remote_args:
-                        remote = remote.options(**remote_args)
-                        self._requests[node] = (f"node {node.name!r} of workflow {self.workflow_name!r}",
-                                                remote_args, 1)
+                    if remote_args or self.task_options:
+                        remote = remote.options(**{**self.task_options, **(remote_args or {})})
                     meta, value = remote.remote(call, *values)
                 elif kind == "method":
-                    meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values[1:])
+                    meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values)
                 else:  # a stateful node: an actor
                     maker = _helper(ray, "actor")
                     if remote_args:
@@ -354,15 +357,8 @@ class RayWorkflow(Workflow):
     def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict) -> None:
         import ray.exceptions as rex
 
-        failures = []
-        for ref in ready:
-            try:
-                ray.get(ref)
-            except Exception as exc:  # noqa: BLE001 - every failure is a candidate
-                failures.append((watched[ref], exc))
         position = {n: i for i, n in enumerate(self.nodes)}
-        failures.sort(key=lambda item: position[item[0]])
-        node, exc = failures[0]
+        node, exc = _first_failure(ray, sorted(((watched[ref], ref) for ref in ready), key=lambda w: position[w[0]]))
         cause = getattr(exc, "cause", None)
         origin = node_error_name(cause) if cause is not None else None
         if origin is None and _INPUT_FAILED in _plain_text(exc):
@@ -374,20 +370,12 @@ class RayWorkflow(Workflow):
             node = run.find(origin, node)
         elif cause is None or isinstance(exc, (rex.WorkerCrashedError, rex.RayActorError)):
             # No node name travelled with the error (a worker died): the earliest failed node in run order.
-            done, _ = ray.wait(list(metas.values()), num_returns=len(metas), timeout=0)
-            done = set(done)
-            for candidate, meta in metas.items():  # metas is in run order
-                if candidate is node:
-                    break
-                if meta in done:
-                    try:
-                        ray.get(meta)
-                    except Exception as earlier:  # noqa: BLE001 - an earlier failure is the origin
-                        node, exc = candidate, earlier
-                        break
+            earlier = list(itertools.takewhile(lambda item: item[0] is not node, metas.items()))  # in run order
+            node, exc = _first_failure(ray, earlier) or (node, exc)
         if node.kind == "object" and origin is None and isinstance(exc, rex.RayActorError):
             # The actor died; the reply of its creation can be lost with it. Name the call it was running.
-            node, exc = self._failed_call_on(ray, node, metas) or (node, exc)
+            calls = [(call, meta) for call, meta in metas.items() if call.kind == "method" and call.obj is node]
+            node, exc = _first_failure(ray, calls, timeout=5) or (node, exc)
         original = _original(exc)
         detail = ""
         if isinstance(original, rex.WorkerCrashedError):
@@ -395,22 +383,6 @@ class RayWorkflow(Workflow):
         elif isinstance(original, rex.RayActorError):
             detail = f"the Ray actor running it died ({type(original).__name__}): {original}"
         run.fail(node, original, {}, detail)
-
-    @staticmethod
-    def _failed_call_on(ray: Any, obj: Node, metas: dict) -> tuple | None:
-        """The first method call on ``obj`` that failed (its actor died), in run order, or None."""
-        calls = [(candidate, meta) for candidate, meta in metas.items() if candidate.kind == "method" and candidate.obj is obj]
-        if not calls:
-            return None
-        done, _ = ray.wait([meta for _, meta in calls], num_returns=len(calls), timeout=5)
-        done = set(done)
-        for candidate, meta in calls:
-            if meta in done:
-                try:
-                    ray.get(meta)
-                except Exception as exc:  # noqa: BLE001 - the call that was on the actor
-                    return candidate, exc
-        return None
 
 
 _STALL_CHECK_SECONDS = 5.0
@@ -441,6 +413,20 @@ def _producer(node: Node, text: str) -> Node | None:
     return None
 
 
+def _first_failure(ray: Any, watched: list, timeout: float = 0) -> tuple | None:
+    """The first ``(node, error)`` of ``watched`` (``(node, record ref)`` pairs) done within ``timeout``, or None."""
+    if not watched:
+        return None
+    done = set(ray.wait([ref for _, ref in watched], num_returns=len(watched), timeout=timeout)[0])
+    for node, ref in watched:
+        if ref in done:
+            try:
+                ray.get(ref)
+            except Exception as exc:  # noqa: BLE001 - the first failure in their order
+                return node, exc
+    return None
+
+
 def _has_computed_child(node: Node, to_compute: Any) -> bool:
     if to_compute is None:
         return bool(node.children)
@@ -451,19 +437,15 @@ def _original(exc: BaseException) -> BaseException:
     """The user's exception inside a Ray error, where Ray kept it."""
     cause = getattr(exc, "cause", None)
     if isinstance(cause, BaseException):
-        if hasattr(cause, "_ff_node"):
-            try:
-                del cause._ff_node
-            except AttributeError:
-                pass
+        with contextlib.suppress(AttributeError):  # the node's name tag has done its work
+            del cause._ff_node
         return cause
     return exc
 
 
 def _info(record: tuple) -> dict:
     start, duration, worker, host, node_id, saved_on, attempts = record
-    info = {"start": start, "duration": duration, "worker": worker, "host": host, "node_id": node_id,
-            "saved_on": saved_on}
+    info = info_of(start, duration, worker, host, node_id=node_id, saved_on=saved_on)
     if attempts is not None:
         info["attempts"] = attempts  # a node with retries or a time limit
     return info

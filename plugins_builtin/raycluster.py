@@ -11,8 +11,19 @@ from typing import Any
 
 from functionfuse.errors import InvalidOptionError
 
-__all__ = ["check_resources", "ensure_ray", "validate_remote_args"]
+__all__ = ["check_init_args", "check_resources", "ensure_ray", "validate_remote_args"]
 
+
+def check_init_args(ray_init_args: Any, where: str) -> dict:
+    """A copy of ``ray_init_args`` (keyword arguments of ``ray.init``; ``None``: none); raise naming ``where``."""
+    if ray_init_args is None:
+        return {}
+    if not isinstance(ray_init_args, dict) or not all(isinstance(k, str) for k in ray_init_args):
+        raise InvalidOptionError(
+            f"{where}: ray_init_args must be a dict of ray.init keyword arguments, "
+            f"got {type(ray_init_args).__name__} {ray_init_args!r:.60}"
+        )
+    return dict(ray_init_args)
 
 
 def ensure_ray(ray_init_args: dict | None = None) -> Any:

@@ -5,7 +5,6 @@ The flow body runs the core run envelope; each task runs its node's call (``run_
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import threading
 from collections.abc import Callable
@@ -13,51 +12,30 @@ from typing import Any
 
 from functionfuse.base import READ, Run, Workflow, info_of
 from functionfuse.errors import InvalidOptionError
+from functionfuse.fingerprint import code_fingerprint
 from functionfuse.frontend import Node
 from functionfuse.nodecall import NodeCall, node_error_name, run_node_call, worker_location
 
-__all__ = ["PrefectWorkflow", "check_flow_options", "check_task_args"]
+__all__ = ["PrefectWorkflow", "check_options"]
 
 
-def check_task_args(task_args: Any, where: str = "") -> dict:
-    """Refuse anything but a dict of ``prefect.task`` options, naming the bad key."""
+def check_options(options: Any, api: str, where: str) -> dict:
+    """Refuse anything but a dict of ``api`` options (``"prefect.task"`` or ``"prefect.flow"``), naming the bad key."""
+    from prefect.flows import Flow
     from prefect.tasks import Task
 
-    return _check_options(task_args, Task, "task_args", "prefect.task", where)
-
-
-def check_flow_options(options: Any, where: str = "") -> dict:
-    """Refuse anything but a dict of ``prefect.flow`` options, naming the bad key."""
-    from prefect.flows import Flow
-
-    return _check_options(options, Flow, "prefect flow options", "prefect.flow", where)
-
-
-def _check_options(options: Any, cls: type, what: str, api: str, where: str) -> dict:
+    cls = Task if api == "prefect.task" else Flow
     known = set(inspect.signature(cls.__init__).parameters) - {"self", "fn"}  # the constructor's keyword options
-    at = f" ({where})" if where else ""
     if not isinstance(options, dict):
-        raise InvalidOptionError(f"{what}{at} must be a dict of {api} options, got {type(options).__name__}")
+        raise InvalidOptionError(f"{where} must be a dict of {api} options, got {type(options).__name__}")
     for key in options:
         if key not in known:
-            raise InvalidOptionError(
-                f"{what}{at}: {key!r} is not a {api} option; valid options are: {', '.join(sorted(known))}"
-            )
+            raise InvalidOptionError(f"{where}: {key!r} is not a {api} option; valid options are: {', '.join(sorted(known))}")
     return dict(options)
 
 
 #: flow options every node's task gets too, unless its task_args set them
 _INHERITED_BY_TASKS = ("persist_result", "result_storage", "result_serializer")
-
-
-def _fingerprint(func: Any, cache: dict) -> str:
-    """``module.qualname@hash-of-code``: part of the task's inputs, so cache keys change with the code."""
-    found = cache.get(func)
-    if found is None:
-        code = getattr(func.__init__ if isinstance(func, type) else func, "__code__", None)
-        digest = "nocode" if code is None else hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
-        found = cache[func] = f"{func.__module__}.{func.__qualname__}@{digest}"
-    return found
 
 
 def _task_fn(call: NodeCall, infos: dict) -> Callable:
@@ -87,7 +65,7 @@ class PrefectWorkflow(Workflow):
 
     def set_prefect_flow_options(self, options: dict) -> PrefectWorkflow:
         """Options for ``prefect.flow`` (``task_runner``, ``persist_result``, ``retries``, ...)."""
-        self.flow_options = check_flow_options(options, where=f"workflow {self.workflow_name!r}")
+        self.flow_options = check_options(options, "prefect.flow", f"prefect flow options of workflow {self.workflow_name!r}")
         return self
 
     def generate_flow(self) -> Any:
@@ -119,7 +97,6 @@ class PrefectWorkflow(Workflow):
         values: dict = {}  # node -> its value (read back) or its PrefectFuture, then its value
         futures: dict = {}  # node -> PrefectFuture, in run order
         infos: dict = {}  # node name -> info of its call, written by the task
-        fingerprints: dict = {}
         for node, action in run.steps():
             call, deps = run.node_call(node, action)
             if action == READ:  # read in the flow: the read hooks fire here
@@ -137,9 +114,11 @@ class PrefectWorkflow(Workflow):
             args, kwargs = (template.args, template.kwargs) if template is not None else ((), {})
             # A method call also waits for the previous call on its object (a parent it takes no value from).
             wait_for = [futures[p] for p in node.parents if p in futures and p not in deps]
+            # Part of the task's inputs, so task_input_hash keys change with the code (the core's code fingerprint).
+            function = f"{node.func.__module__}.{node.func.__qualname__}@{code_fingerprint(node.func)[:16]}"
             run.started(node)
             values[node] = futures[node] = task(_task_fn(call, infos), **options).submit(
-                _fingerprint(node.func, fingerprints), [values[d] for d in deps], args, kwargs, wait_for=wait_for
+                function, [values[d] for d in deps], args, kwargs, wait_for=wait_for
             )
         for node, future in futures.items():
             try:

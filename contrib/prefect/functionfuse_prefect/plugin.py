@@ -19,7 +19,7 @@ def ff_query_assign(nodes: list, key: str, value: Any, backend: Any) -> bool | N
     """Accept ``task_args`` on the prefect backend: a dict of ``prefect.task`` options."""
     if key != "task_args" or getattr(backend, "backend_name", None) != BACKEND_NAME:
         return None
-    from .backend import check_task_args
+    from .backend import check_options
 
-    check_task_args(value, where=f"workflow {backend.workflow_name!r}, {len(nodes)} node(s)")
+    check_options(value, "prefect.task", f"task_args of workflow {backend.workflow_name!r}, {len(nodes)} node(s)")
     return True

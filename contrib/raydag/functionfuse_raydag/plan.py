@@ -38,6 +38,10 @@ class PlannedNode:
         for slot, value in zip(self._STATE, state):
             setattr(self, slot, value)
 
+    @property
+    def func(self) -> Any:
+        return self.call.func
+
     def __repr__(self) -> str:
         return f"<PlannedNode {self.name!r} ({self.kind})>"
 

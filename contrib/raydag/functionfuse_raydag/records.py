@@ -174,6 +174,18 @@ def take_lock(storage: Any, workflow_name: str) -> RunLock:
         time.sleep(0.05)
 
 
+def refuse_if_running(storage: Any, workflow_name: str) -> None:
+    """Refuse a workflow whose record says a live driver on this host runs it (a driver that took no lock)."""
+    record = read_record(storage, workflow_name) or {}
+    # driver_alive is True on this host only, where this process's own pid ran it before and was interrupted
+    running = record.get("status") == "running" and not record.get("interrupted") and record.get("pid") != os.getpid()
+    if running and driver_alive(record):
+        raise WorkflowRunningError(
+            f"raydag: workflow {workflow_name!r} is being run by another driver (pid {record.get('pid')} on "
+            f"{record.get('host')}); wait for it, or kill it and resume"
+        )
+
+
 def read_lock(storage: Any, workflow_name: str) -> dict | None:
     """Who holds the run lock of ``workflow_name`` (the lock's fields), or ``None`` when nobody does."""
     data = storage.read_meta(workflow_name, LOCK_KEY)
@@ -262,12 +274,9 @@ def list_all(storage: Any = None, status_filter: str | Iterable[str] | None = No
             f"raydag: list_all(status_filter=...) got {sorted(set(wanted) - set(STATUSES))}; "
             f"the statuses are {', '.join(STATUSES)}"
         )
-    found = []
-    for name in storage.list_workflows():
-        record = read_record(storage, name)
-        if record is not None and (wanted is None or effective_status(record) in wanted):
-            found.append((name, effective_status(record)))
-    return found
+    found = ((name, read_record(storage, name)) for name in storage.list_workflows())
+    statuses = [(name, effective_status(record)) for name, record in found if record is not None]
+    return [(name, status) for name, status in statuses if wanted is None or status in wanted]
 
 
 def delete(workflow_name: str, storage: Any = None) -> None:
