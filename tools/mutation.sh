@@ -7,6 +7,8 @@
 # is never touched), runs the local core tests against every mutant, and prints per module:
 # killed / total and the surviving mutants (`mutmut show NAME` in the scratch folder shows one).
 # Keep the scratch folder with KEEP=1. Needs: pip install mutmut (3.x).
+#   REV=COMMIT   measure that commit (git archive) instead of the working tree, which others may be editing
+#   JOBS=N       mutants tested at a time (mutmut --max-children; default: the number of cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
@@ -15,8 +17,15 @@ modules=("$@")
 
 work="$(mktemp -d /tmp/ffmutation-XXXXXX)"
 [ "${KEEP:-0}" = 1 ] || trap 'rm -rf "$work"' EXIT
-cp -r functionfuse plugins_builtin tests pyproject.toml "$work/"
-cp -r README.md docs examples "$work/" 2>/dev/null || true
+if [ -n "${REV:-}" ]; then
+    git archive "$REV" functionfuse plugins_builtin tests pyproject.toml README.md docs examples | tar -x -C "$work"
+    measured="commit $(git rev-parse --short "$REV")"
+else
+    cp -r functionfuse plugins_builtin tests pyproject.toml "$work/"
+    cp -r README.md docs examples "$work/" 2>/dev/null || true
+    dirty="$(git status --porcelain -- "${modules[@]}" tests | awk '{print $2}' | tr '\n' ' ')"
+    measured="working tree on $(git rev-parse --short HEAD)${dirty:+, differing from it in: $dirty}"
+fi
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
 
 # The tests that run in this process only (no Ray, no subprocess CLI, no S3 server): a mutant
@@ -24,8 +33,10 @@ find "$work" -name __pycache__ -prune -exec rm -rf {} +
 tests=(
     tests/test_core_frontend.py tests/test_core_graph.py tests/test_core_storage.py tests/test_core_hooks.py
     tests/test_core_nodeplugins.py tests/test_runrecord.py tests/test_blindspots.py tests/test_documented.py
-    tests/test_properties.py tests/test_mutation_kills.py
+    tests/test_properties.py
 )
+# and every test written against survivors (tests/test_mutation_kills.py, tests/test_mutation_*.py)
+for t in "$work"/tests/test_mutation_*.py; do [ -f "$t" ] && tests+=("tests/${t##*/}"); done
 present=()
 for t in "${tests[@]}"; do [ -f "$work/$t" ] && present+=("$t"); done
 
@@ -53,7 +64,7 @@ CFG
 cd "$work"
 export RAY_AUTH_MODE=disabled
 export FF_PROPERTY_SCALE="${FF_PROPERTY_SCALE:-0.2}"  # the properties run once per mutant
-mutmut run >"$work/mutmut-run.log" 2>&1 || { tail -30 "$work/mutmut-run.log"; exit 1; }
+mutmut run ${JOBS:+--max-children "$JOBS"} >"$work/mutmut-run.log" 2>&1 || { tail -30 "$work/mutmut-run.log"; exit 1; }
 mutmut results --all true >"$work/results.txt" 2>&1 || true
 python - "$work/results.txt" "${modules[@]}" <<'PY'
 import sys
@@ -79,4 +90,5 @@ for module in modules:
         for name in statuses.get(status, []):
             print(f"    {status}: {name}")
 PY
+echo "measured: $measured"
 echo "scratch copy: $work (mutmut show NAME there)"
