@@ -166,7 +166,7 @@ def best(fn, repeat: int):
     return min(runs, key=lambda r: r[-1] if len(r) == 2 else r[1] + r[2])
 
 
-def measure_one(shape: str, n: int) -> dict:
+def measure_one(shape: str, n: int, with_dask: bool = True) -> dict:
     """One fresh process's figures for one shape and size (seconds for the whole graph)."""
     repeat = 3 if n <= 10_000 else 1
     ff_runs, direct_runs = [], []
@@ -179,7 +179,7 @@ def measure_one(shape: str, n: int) -> dict:
     d_value, direct = min(direct_runs, key=lambda r: r[1])
     assert value == d_value, (shape, n, value, d_value)
     out = {"build": build, "run": run, "direct": direct, "dask": None, "mem": None}
-    if n <= 10_000:
+    if with_dask and n <= 10_000:
         k_value, out["dask"] = dask_build_and_run(shape, n)
         assert k_value == value
     if n <= 100_000:
@@ -190,14 +190,15 @@ def measure_one(shape: str, n: int) -> dict:
 def measure(shape: str, n: int, processes: int) -> dict:
     """The median of each figure over ``processes`` fresh processes."""
     runs = []
-    for _ in range(processes):
-        done = subprocess.run([sys.executable, __file__, "--one", shape, str(n)], check=True,
+    for index in range(processes):
+        # dask.delayed is 100-1000 times slower: one process measures it
+        done = subprocess.run([sys.executable, __file__, "--one", shape, str(n), "dask" if index == 0 else "-"], check=True,
                               capture_output=True, text=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     median = {key: statistics.median(r[key] for r in runs) for key in ("build", "run", "direct")}
     median["ratio"] = statistics.median((r["build"] + r["run"]) / r["direct"] for r in runs)
     dask = [r["dask"] for r in runs if r["dask"] is not None]
-    median["dask_ratio"] = statistics.median((r["build"] + r["run"]) / r["dask"] for r in runs) if dask else None
+    median["dask_ratio"] = statistics.median((r["build"] + r["run"]) / r["dask"] for r in runs if r["dask"]) if dask else None
     median["dask"] = statistics.median(dask) if dask else None
     mems = [r["mem"] for r in runs if r["mem"] is not None]
     median["mem"] = statistics.median(mems) if mems else float("nan")
@@ -224,7 +225,7 @@ def bench_shapes(quick: bool, processes: int) -> None:
             us = (m["build"] + m["run"]) / n * 1e6
             if n == 10_000:
                 per_node_10k[shape] = us
-            dask_cell = f"{m['dask'] / n * 1e6:10.2f} {m['dask_ratio']:7.2f}" if m["dask"] else ""
+            dask_cell = f"{m['dask'] / n * 1e6:10.2f} {m['dask_ratio']:7.3f}" if m["dask"] else ""
             flat = ""
             if n > 10_000 and shape in per_node_10k:
                 flat = f"   ({us / per_node_10k[shape]:.2f}x the 10k cost per node)"
@@ -278,10 +279,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 nodes only")
     parser.add_argument("--no-resume", action="store_true", help="skip the resume check")
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per figure (median)")
-    parser.add_argument("--one", nargs=2, metavar=("SHAPE", "N"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("SHAPE", "N", "DASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure_one(args.one[0], int(args.one[1]))))
+        print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.one[2] == "dask")))
         return
     bench_shapes(args.quick, args.processes)
     if not args.no_resume:
