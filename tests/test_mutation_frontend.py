@@ -363,3 +363,87 @@ def test_a_key_that_does_not_fit_names_the_reference_and_the_value(where, keys, 
         LocalWorkflow(consumer().set_name("consumer"), workflow_name="badref").run()
     assert str(info.value) == f"node 'consumer' of workflow 'badref' failed: BadReferenceError: {message}"
     assert type(info.value.__cause__).__name__ == "BadReferenceError"
+
+
+# ---------------------------------------------------------------------------
+# an argument left out of the fingerprint still arrives
+# ---------------------------------------------------------------------------
+
+
+def test_an_argument_left_out_of_the_fingerprint_arrives_unwrapped(tmp_path):
+    from functionfuse import NoFingerprint
+    from functionfuse.storage import storage_factory
+
+    log: list = []
+    wrapped = NoFingerprint(log)
+    assert wrapped.value is log and repr(wrapped) == "NoFingerprint([])"
+
+    @workflow
+    def report(x, sink):
+        sink.append(x)
+        return (x, sink is log)
+
+    storage = storage_factory({"kind": "file", "options": {"path": str(tmp_path / "storage")}})
+    node = report(4, wrapped).set_name("report")
+    assert node.argmode == ARGS_NESTED  # unwrapped when the arguments are resolved
+    by_keyword = report(5, sink=NoFingerprint(log)).set_name("by_keyword")
+    assert by_keyword.argmode == ARGS_NESTED
+    assert LocalWorkflow(node, by_keyword, workflow_name="nofp").set_storage(storage).run() == [(4, True), (5, True)]
+    assert log == [4, 5]
+
+
+@workflow
+def gather(*args, **kwargs):
+    return args, kwargs
+
+
+def test_top_level_dependencies_are_found_at_their_positions_once_each():
+    a, b = pair().set_name("a"), echo(7).set_name("b")
+    node = gather(0, b, "x", a[1], b, None).set_name("gather")
+    assert node.parents == (b, a) and node.argmode == ARGS_TOP and node.slots == (1, 3, 4)
+    assert b.children == [node] and a.children == [node]  # a consumer counted once per parent
+    keyword = gather(b, k=a[1][0], plain=3).set_name("keyword")
+    assert keyword.parents == (b, a) and keyword.argmode == ARGS_NESTED
+    whole = gather(1, key=b).set_name("whole")
+    assert whole.parents == (b,) and whole.argmode == ARGS_NESTED
+    first, second, third = LocalWorkflow(node, keyword, whole, workflow_name="positions").run()
+    assert first == ((0, 7, "x", [2, 3], 7, None), {})
+    assert second == ((7,), {"k": 2, "plain": 3}) and third == ((1,), {"key": 7})
+
+
+# ---------------------------------------------------------------------------
+# names: each refusal says why, in the words of what is named
+# ---------------------------------------------------------------------------
+
+ESCAPES = "it would escape the storage root"
+SEPARATORS = "names become storage keys and may not hold '/', '\\' or NUL"
+
+
+@pytest.mark.parametrize("what", ["node", "workflow"])
+def test_a_refused_name_is_quoted_with_its_reason(what):
+    from functionfuse.errors import InvalidNameError
+    from functionfuse.frontend import validate_name
+
+    refused = {
+        5: f"{what} name must be a string, got int 5",
+        b"raw": f"{what} name must be a string, got bytes b'raw'",
+        "": f"{what} name '' is not allowed: {ESCAPES}",
+        ".": f"{what} name '.' is not allowed: {ESCAPES}",
+        "..": f"{what} name '..' is not allowed: {ESCAPES}",
+        "a/b": f"{what} name 'a/b' is not allowed: {SEPARATORS}",
+        "a\\b": f"{what} name 'a\\\\b' is not allowed: {SEPARATORS}",
+        "nul\x00": f"{what} name 'nul\\x00' is not allowed: {SEPARATORS}",
+        ".ffmeta": f"{what} name '.ffmeta' is not allowed: names starting with '.' are the storage's own files "
+                   "(temporaries, metadata)",
+        "bad\udcff": f"{what} name 'bad\\udcff' is not allowed: it is not valid Unicode "
+                     "(surrogates not allowed at position 3)",
+        "x" * 201: f"{what} name {'x' * 40!r}... is longer than 200 bytes",
+        "é" * 101: f"{what} name {'é' * 40!r}... is longer than 200 bytes",  # 202 bytes in UTF-8
+    }
+    for name, message in refused.items():
+        with pytest.raises(InvalidNameError) as info:
+            validate_name(name, what)
+        assert str(info.value) == message, name
+    for name in ("x" * 200, "é" * 100, "a.b", "a..", "node_0001", "ü"):  # 200 bytes is the most allowed
+        assert validate_name(name, what) is name
+    assert echo(1).set_name("é" * 100).name == "é" * 100
