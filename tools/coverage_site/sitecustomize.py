@@ -13,6 +13,31 @@ import os
 import sys
 
 
+def _keep_concurrent_imports() -> None:
+    """Stop coverage from removing modules other threads are importing.
+
+    When ``sys.path`` changes (a Ray worker adds paths when it loads a function), coverage's
+    trace function re-reads where the measured packages live, inside
+    ``coverage.misc.sys_modules_saved()``, which afterwards deletes every module that entered
+    ``sys.modules`` meanwhile, from any thread. A module another thread was importing at that
+    moment loses its entry mid-import (seen as a Ray worker failing to import
+    ``functionfuse.manager``: ``dataclasses`` found ``sys.modules[cls.__module__]`` gone). Our
+    ``source_pkgs`` are top-level names, whose lookup imports nothing, so there is nothing to undo.
+    """
+    try:
+        import contextlib
+
+        import coverage.inorout
+
+        coverage.inorout.sys_modules_saved = contextlib.nullcontext
+    except Exception:  # noqa: BLE001 - measuring must never break the process
+        pass
+
+
+if os.environ.get("COVERAGE_PROCESS_START"):
+    _keep_concurrent_imports()
+
+
 def _save_periodically(cov, interval: float = 1.0, first: float = 5.0) -> None:
     import time
 
