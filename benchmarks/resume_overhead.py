@@ -13,9 +13,10 @@ count. Every figure is the best of ``--repeat`` runs, interleaved, in this proce
     the default) against trusting the names (``resume="name"``, no fingerprints).
     Target: at most 12 µs per node with the checks.
 (b) a first run with storage (a fresh folder each time; every result saved with
-    its fingerprint marker, atomic writes and checksums) against the original
-    implementation's approach: call the functions in order and ``pickle.dump``
-    each result to its own file directly. Target: ratio at most 1.
+    its fingerprint, atomic writes and checksums) against a model of the original
+    implementation's first run (``original_first_run``: its per-node steps, without
+    its graph bookkeeping, so a lower bound). Target: ratio at most 1. A bare
+    ``pickle.dump`` per node is printed too, as a stricter reference.
 (c) runs without storage pay nothing for fingerprints: the default against
     ``resume="never"`` and against a run where computing a fingerprint would
     raise (the fingerprint engine is not called at all). Target: ratio about 1.
@@ -24,6 +25,7 @@ count. Every figure is the best of ``--repeat`` runs, interleaved, in this proce
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pickle
 import shutil
@@ -78,8 +80,50 @@ def first_run(leaf, root: str) -> float:
 
 
 def original_first_run(leaf, root: str) -> float:
-    """The original's approach: compute each node in order, pickle.dump its result to a file of its own."""
+    """A model of the original functionfuse's first run (local backend, ``FileStorage``), step by step.
+
+    Per node, as the original did it: try to read the stored result first (``os.path.exists``
+    of its file, raising and catching ``FileNotFoundError`` when it is absent), build the
+    arguments, call the function, then save: check that the workflow folder exists,
+    ``pickle.dumps`` the value, append its SHA-1 digest as a checksum and write the bytes
+    to ``<root>/<workflow>/<node name>`` with ``open(path, "wb")``. Once per run:
+    ``os.makedirs`` of the workflow folder. This is a lower bound of the original's cost:
+    its own graph bookkeeping (and its plugin calls) are left out.
+    """
     nodes = LocalWorkflow(leaf).nodes  # the run order, outside the timing (as the other side builds its own)
+    calls = [(node.func, node.args, node.name) for node in nodes]
+    path = tempfile.mkdtemp(dir=root)
+    try:
+        def run():
+            folder = os.path.join(path, "bench")
+            os.makedirs(folder, exist_ok=True)
+            results: dict = {}
+            for node, (func, args, name) in zip(nodes, calls):
+                file = os.path.join(folder, name)
+                try:  # read the stored result first: absent on a first run
+                    if not os.path.exists(file):
+                        raise FileNotFoundError(file)
+                    with open(file, "rb") as handle:
+                        value = pickle.loads(handle.read()[:-20])
+                except FileNotFoundError:
+                    value = func(*[results[a] if a in results else a for a in args])
+                    if not os.path.exists(folder):
+                        os.makedirs(folder)
+                    data = pickle.dumps(value)
+                    data += hashlib.sha1(data).digest()
+                    with open(file, "wb") as handle:
+                        handle.write(data)
+                results[node] = value
+            return results[nodes[-1]]
+
+        return timed(run)
+    finally:
+        shutil.rmtree(path)
+
+
+def bare_dump_first_run(leaf, root: str) -> float:
+    """A stricter reference than the original: call the functions in order, ``pickle.dump`` each result to its own file."""
+    nodes = LocalWorkflow(leaf).nodes
     calls = [(node.func, node.args, node.name) for node in nodes]
     path = tempfile.mkdtemp(dir=root)
     try:
@@ -132,15 +176,17 @@ def main() -> None:
     finally:
         shutil.rmtree(stored)
 
-    # (b) a first run with storage against one pickle.dump per node
-    ours, original = [], []
-    first_run(leaf, root), original_first_run(leaf, root)  # warm-up
+    # (b) a first run with storage against a model of the original's first run, and a bare pickle.dump per node
+    ours, original, bare = [], [], []
+    first_run(leaf, root), original_first_run(leaf, root), bare_dump_first_run(leaf, root)  # warm-up
     for _ in range(args.repeat):
         ours.append(first_run(leaf, root))
         original.append(original_first_run(leaf, root))
-    a, b = min(ours), min(original)
-    print(f"(b) first run       functionfuse {a * us:6.2f} µs/node   pickle.dump per node {b * us:6.2f} µs/node"
+        bare.append(bare_dump_first_run(leaf, root))
+    a, b, c = min(ours), min(original), min(bare)
+    print(f"(b) first run       functionfuse {a * us:6.2f} µs/node   original's steps {b * us:6.2f} µs/node"
           f"   ratio {a / b:4.2f}   (target <= 1)")
+    print(f"                    (stricter: pickle.dump per node {c * us:6.2f} µs/node, ratio {a / c:4.2f})")
 
     # (c) no storage: nothing is fingerprinted
     import functionfuse.fingerprint as fingerprint

@@ -2,9 +2,12 @@
 
 Layout under the storage root::
 
-    <workflow>/<task>.ffr              one result: header (magic, length, CRC32, data id) + pickle
+    <workflow>/<task>.ffr              one result: header (magic, length, CRC32s, data id, fingerprint) + pickle
     <workflow>/<task>.ffd/<id>/<n>     objects a serializer wrote for that result (zarr, ...)
     <workflow>/.ffmeta/<key>           workflow metadata (run records)
+    <workflow>/.fffp/.index            every result's fingerprint, written at the end of a clean run
+    <workflow>/.fffp/.w-<writer>       a writer that may be saving results (a run, or one save outside runs)
+    <workflow>/.fffp/.d-<writer>       a writer that finished while another was writing
 
 A result is written whole or not at all: locally to a temporary file that is
 then renamed, on object stores with one atomic put. The result file is
@@ -16,6 +19,17 @@ of the result file. A failed save leaves the previous result readable.
 Temporaries and data folders carry their writer's ``<pid>@<host>``; the next
 run removes those of writers that are no longer alive (on this host), never
 a live writer's.
+
+Fingerprints: each result's header carries the fingerprint it was saved with
+(covered by a checksum of its own, so a header can be read alone). One file per
+workflow, ``.fffp/.index``, lists them all, so resuming takes a listing and one
+read instead of one read per result. The index is trusted only while no writer
+marker exists: a run creates its marker before it looks at the storage and,
+when it ends with no other marker present, writes the index (what it saw plus
+what it saved) and then removes the marker; otherwise the marker stays (as
+``.d-``), and the next run reads every result's header instead, after removing
+the markers of writers that finished or died. A run killed mid-way leaves its
+marker, so its results are never judged by an index written before them.
 
 Names are literal paths everywhere; only arguments called ``pattern`` are globs.
 """
@@ -56,15 +70,28 @@ from functionfuse.storage import Storage, check_option_keys, check_path_option
 __all__ = ["FileStorage", "file_storage", "s3_storage", "DEFAULT_TIMEOUT"]
 
 MAGIC_V1 = b"FFR1"  # header without a data id: data lives in <task>.ffd/<n> (read only)
-MAGIC = b"FFR2"
+MAGIC_V2 = b"FFR2"  # header with a data id, without a fingerprint (read only)
+MAGIC = b"FFR3"
 _HEADER_V1 = struct.Struct("<4sQI")  # magic, payload length, CRC32 of payload
-_HEADER = struct.Struct("<4sQIH")  # magic, payload length, CRC32 of data id + payload, length of data id
+_HEADER_V2 = struct.Struct("<4sQIH")  # magic, payload length, CRC32 of data id + payload, length of data id
+#: magic, payload length, CRC32 of data id + fingerprint + payload, length of data id, length of fingerprint,
+#: CRC32 of the header's fields before it + data id + fingerprint (so the fingerprint can be read and checked alone)
+_HEADER = struct.Struct("<4sQIHBI")
+_HEADER_FIELDS = struct.Struct("<4sQIHB")  # the same, without its last CRC
+_CRC = struct.Struct("<I")
 _MAX_ID = 255
+_MAX_FP = 255
+_HEAD_READ = _HEADER.size + _MAX_ID + _MAX_FP  # enough bytes for any header
 RESULT_SUFFIX = ".ffr"
 DATA_SUFFIX = ".ffd"
 META_DIR = ".ffmeta"
-#: fingerprint markers: an empty ``<task>@<fingerprint>`` per stored result, so one listing gives them all
+#: the fingerprint index and the writer markers (and, from earlier versions, ``<task>@<fingerprint>`` markers)
 FINGERPRINT_DIR = ".fffp"
+INDEX_NAME = ".index"
+_INDEX_MAGIC = b"FFI1"
+_INDEX_HEADER = struct.Struct("<4sI")  # magic, CRC32 of the body
+WRITING = ".w-"  # a writer that may still save
+DONE = ".d-"  # a writer that finished while another writer was active
 TMP_PREFIX = ".ff-tmp-"
 #: seconds any one call to a remote storage may take in total (retries included)
 DEFAULT_TIMEOUT = 30.0
@@ -76,7 +103,16 @@ _in_progress: set[str] = set()
 _in_progress_lock = threading.Lock()
 
 
-_tag_state: list = [None, None, None]  # pid, its random token, a counter
+_tag_state: list = [None, None, None]  # "<pid>@<host>-<random>" of this process, unused, a counter
+
+
+def _new_tag_state() -> None:
+    _tag_state[:] = [f"{os.getpid()}@{_HOST}-{uuid.uuid4().hex[:10]}", None, itertools.count()]
+
+
+_new_tag_state()
+# a child gets its own pid and random part (os.getpid per write was a system call per result)
+os.register_at_fork(after_in_child=_new_tag_state)
 
 
 def writer_tag() -> str:
@@ -85,10 +121,12 @@ def writer_tag() -> str:
     The random part is drawn once per process (a new one after a fork) and a counter makes
     each name unique: a uuid per write cost as much as the write of a small result.
     """
-    pid = os.getpid()
-    if _tag_state[0] != pid:
-        _tag_state[:] = [pid, uuid.uuid4().hex[:10], itertools.count()]
-    return f"{pid}@{_HOST}-{_tag_state[1]}{next(_tag_state[2]):06x}"
+    return f"{_tag_state[0]}{next(_tag_state[2]):06x}"
+
+
+def _marker_name(tag: str) -> str:
+    """A writer tag as a marker name: ``~`` for ``@`` (unreserved in URLs; some S3 servers sign ``@`` differently)."""
+    return tag.replace("@", "~", 1)
 
 
 def writer_alive(name: str) -> bool:
@@ -171,6 +209,9 @@ class FileStorage(Storage):
         # fsspec's sync() takes timeout=: it cancels the call (and its retries) when time is up
         self._deadline = {"timeout": timeout} if timeout and getattr(fs, "async_impl", False) else {}
         self._made: set[str] = set()
+        self._selector = None
+        #: runs of this object writing each workflow (their marker covers saves through this object only)
+        self._runs: dict[str, list[_RunWriter]] = {}
         self._used_serializers: dict = {}
         #: runs whose records ``plugins_builtin.runrecord`` keeps per workflow (None: its default, 20)
         self.keep_runs: int | None = None
@@ -186,6 +227,7 @@ class FileStorage(Storage):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["_made"] = set()
+        state["_runs"] = {}  # a copy (a worker's) saves as a writer of its own: the run may end before it does
         return state
 
     # -- paths ---------------------------------------------------------------
@@ -228,20 +270,27 @@ class FileStorage(Storage):
         self._made = {made for made in self._made if made != folder and not made.startswith(folder + "/")}
 
     # -- bytes: every call here takes paths literally ---------------------------------
-    def _write_atomic(self, path: str, header: bytes, payload: bytes | memoryview) -> None:
+    def _write_atomic(self, path: str, header: bytes, payload: bytes | memoryview, tag: str | None = None) -> None:
+        """Write ``header + payload`` to ``path`` whole or not at all (``tag``: the temporary's writer tag)."""
         if self.local:
-            folder = os.path.dirname(path)
-            tmp = os.path.join(folder, f"{TMP_PREFIX}{writer_tag()}")
+            folder = path.rpartition("/")[0]
+            tmp = f"{folder}/{TMP_PREFIX}{tag or writer_tag()}"
+            # os.open/os.write: open() adds an fstat, an ioctl and an lseek per file
+            try:
+                fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
+            except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
+                self._forget_dirs(folder)
+                self._ensure_dir(folder)
+                fd = os.open(tmp, _CREATE_FLAGS, 0o666)
             try:
                 try:
-                    handle = open(tmp, "wb")
-                except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
-                    self._forget_dirs(folder)
-                    self._ensure_dir(folder)
-                    handle = open(tmp, "wb")
-                with handle:
-                    handle.write(header)
-                    handle.write(payload)
+                    if len(payload) <= _JOIN_BELOW:  # one write system call
+                        _write_all(fd, header + payload)
+                    else:
+                        _write_all(fd, header)
+                        _write_all(fd, payload)
+                finally:
+                    os.close(fd)
                 os.replace(tmp, path)
             except BaseException:
                 try:
@@ -423,45 +472,253 @@ class FileStorage(Storage):
              replaces: str | None = None) -> None:
         """Save ``obj`` as the result of ``task_name``, whole or not at all.
 
-        :param fingerprint: the node call's fingerprint, kept beside the result (a marker
-            written after the result: a result without one is recomputed, never trusted).
-        :param replaces: the fingerprint stored for this name before, whose marker goes.
+        :param fingerprint: the node call's fingerprint, kept in the result's header.
+        :param replaces: the fingerprint stored for this name before (unused: the header
+            that carried it is replaced with the result; kept for callers of earlier versions).
         """
-        self._save(workflow_name, task_name, obj)
+        fp_bytes = b""
         if fingerprint is not None:
-            folder = f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}"
-            self._ensure_dir(folder)
-            self._touch(f"{folder}/{task_name}@{fingerprint}")
-            if replaces is not None and replaces != fingerprint:
-                self._remove_file(f"{folder}/{task_name}@{replaces}")
+            fp_bytes = fingerprint.encode()
+            if len(fp_bytes) > _MAX_FP:
+                raise StorageError(f"{self.describe()}: the fingerprint of node {task_name!r} is longer than "
+                                   f"{_MAX_FP} bytes")
+        runs = self._runs.get(workflow_name)
+        if runs:  # a run of this storage object is writing: its marker covers this save
+            self._save(workflow_name, task_name, obj, fp_bytes)
+            for run in runs:
+                run.saved[task_name] = fingerprint
+            return
+        # A save outside a run is a writer of its own: marked while it writes, so an index
+        # written meanwhile (or before) is not trusted for it. Without a .fffp folder there is
+        # no index to mislead, and a run that finds results without one trusts none of them.
+        self.check_names(workflow_name, task_name)  # before anything is written
+        try:
+            # (elsewhere the look would cost a request as long as the save: mark always)
+            marked = fingerprint is not None or not self.local or os.path.isdir(self._fp_dir(workflow_name))
+            marker = self._mark_writer(workflow_name) if marked else None
+        except FunctionFuseError:
+            raise
+        except Exception as exc:
+            raise StorageError(f"{self.describe()}: saving node {task_name!r} of workflow {workflow_name!r} "
+                               f"failed: {_timeout_text(exc)}") from exc
+        try:
+            self._save(workflow_name, task_name, obj, fp_bytes)
+        finally:
+            if marker is not None:
+                self._finish_writer(workflow_name, marker)
+
+    # -- the fingerprint index and its writers ------------------------------------------
+    def _fp_dir(self, workflow_name: str) -> str:
+        return f"{self.root}/{workflow_name}/{FINGERPRINT_DIR}"
+
+    def _mark_writer(self, workflow_name: str) -> str:
+        """Create this writer's marker (before any of its saves); returns its tag."""
+        folder = self._fp_dir(workflow_name)
+        self._ensure_dir(folder)
+        tag = writer_tag()
+        with _in_progress_lock:
+            _in_progress.add(tag)  # never removed as stale by this process
+        try:
+            self._create_empty(f"{folder}/{WRITING}{_marker_name(tag)}")
+        except BaseException:
+            with _in_progress_lock:
+                _in_progress.discard(tag)
+            raise
+        return tag
+
+    def _create_empty(self, path: str) -> None:
+        if self.local:
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666))
+            except FileNotFoundError:  # the folder was removed behind our back
+                folder = path.rpartition("/")[0]
+                self._forget_dirs(folder)
+                self._ensure_dir(folder)
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666))
+        else:
+            self.fs.pipe_file(path, b"", **self._deadline)
+
+    def _finish_writer(self, workflow_name: str, tag: str) -> None:
+        """Mark a writer finished: its saves are all done, but the index does not have them."""
+        folder = self._fp_dir(workflow_name)
+        try:
+            if self.local:
+                try:
+                    os.rename(f"{folder}/{WRITING}{_marker_name(tag)}", f"{folder}/{DONE}{_marker_name(tag)}")
+                except FileNotFoundError:  # removed with its folder: the index went with it
+                    pass
+            else:
+                self._create_empty(f"{folder}/{DONE}{_marker_name(tag)}")  # the finished mark first
+                self._remove_file(f"{folder}/{WRITING}{_marker_name(tag)}")
+        finally:
+            with _in_progress_lock:
+                _in_progress.discard(tag)
+
+    def _writers(self, workflow_name: str) -> list[str] | None:
+        """The writer markers of a workflow (``None``: it has no ``.fffp`` folder)."""
+        folder = self._fp_dir(workflow_name)
+        try:
+            entries = os.listdir(folder) if self.local else [
+                e.rstrip("/").rsplit("/", 1)[-1] for e in self.fs.ls(folder, detail=False, **self._deadline)]
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return entries
+
+    @_reported
+    def begin_run(self, workflow_name: str) -> _RunWriter:
+        """A run starts writing ``workflow_name``: mark it, before the run looks at the storage.
+
+        Called by the ``ff_before_run`` hook of this module, in the driver; saves through this
+        object are covered by the marker until :meth:`end_run`.
+        """
+        self.check_names(workflow_name)
+        folder = self._fp_dir(workflow_name)
+        # no .fffp folder beside stored results: written before fingerprints were kept (or they
+        # were forgotten): those results count as without fingerprints, whatever their headers say
+        forgotten = self._writers(workflow_name) is None and bool(self.list_tasks(workflow_name))
+        self._forget_dirs(folder)  # checked again: it may have been removed since
+        run = _RunWriter(self._mark_writer(workflow_name), forgotten)
+        self._runs.setdefault(workflow_name, []).append(run)
+        return run
+
+    @_reported
+    def end_run(self, workflow_name: str, run: _RunWriter, ok: bool) -> None:
+        """The run ``run`` ends: write the fingerprint index when it may, and remove its marker.
+
+        The index is written only after a run that succeeded and saw every stored fingerprint
+        (``list_fingerprints`` during the run), when no other writer's marker is present: its
+        content is what the run saw plus what it saved. Otherwise the marker stays as finished,
+        and the next run reads the headers.
+        """
+        runs = self._runs.get(workflow_name, [])
+        if run in runs:
+            runs.remove(run)
+        if not runs:
+            self._runs.pop(workflow_name, None)
+        folder = self._fp_dir(workflow_name)
+        own = f"{WRITING}{_marker_name(run.tag)}"
+        if ok and run.view is not None:
+            entries = self._writers(workflow_name) or []
+            others = [e for e in entries if e.startswith((WRITING, DONE)) and e != own]
+            if own in entries and not others:
+                index = {**run.view, **run.saved}
+                if index != run.index:
+                    body = pickle.dumps(index, protocol=5)
+                    self._write_atomic(f"{folder}/{INDEX_NAME}",
+                                       _INDEX_HEADER.pack(_INDEX_MAGIC, zlib.crc32(body)), body)
+                self._remove_file(f"{folder}/{own}")
+                with _in_progress_lock:
+                    _in_progress.discard(run.tag)
+                return
+        self._finish_writer(workflow_name, run.tag)
+
+    def _read_index(self, workflow_name: str) -> dict | None:
+        try:
+            blob = self._read_bytes(f"{self._fp_dir(workflow_name)}/{INDEX_NAME}")
+        except FileNotFoundError:
+            return None
+        if len(blob) < _INDEX_HEADER.size:
+            return None
+        magic, crc = _INDEX_HEADER.unpack_from(blob)
+        body = memoryview(blob)[_INDEX_HEADER.size:]
+        if magic != _INDEX_MAGIC or zlib.crc32(body) != crc:
+            return None  # damaged: read the headers instead
+        try:
+            index = pickle.loads(body)
+        except Exception:
+            return None
+        return index if isinstance(index, dict) else None
+
+    def _header_fingerprint(self, workflow_name: str, task_name: str, legacy: dict) -> str | None:
+        """The fingerprint in a result's header (checked by the header's own CRC), or ``None``."""
+        try:
+            head = self._read_bytes(self._result_path(workflow_name, task_name), end=_HEAD_READ)
+        except FileNotFoundError:
+            return None
+        magic = bytes(head[:4])
+        if magic == MAGIC and len(head) >= _HEADER.size:
+            _, length, crc, id_length, fp_length, head_crc = _HEADER.unpack_from(head)
+            end = _HEADER.size + id_length + fp_length
+            if len(head) < end:
+                return None
+            if zlib.crc32(head[_HEADER.size:end], zlib.crc32(head[:_HEADER.size - 4])) != head_crc:
+                return None  # a damaged header: recompute (reading it would fail its checksum)
+            fp = head[_HEADER.size + id_length:end]
+            try:
+                return fp.decode() if fp else None
+            except UnicodeDecodeError:
+                return None
+        if magic in (MAGIC_V2, MAGIC_V1):  # written by an earlier version: its marker, if exactly one
+            fps = legacy.get(task_name)
+            return fps[0] if fps and len(fps) == 1 else None
+        return None
 
     @_reported
     def list_fingerprints(self, workflow_name: str) -> dict[str, str | None]:
-        """Every stored task -> its fingerprint, from two listings; ``None`` when it has none
-        (saved before fingerprints, or a writer died between result and marker)."""
+        """Every stored task -> its fingerprint (``None`` when it has none, e.g. saved before fingerprints).
+
+        Two listings and one read (the index) when no writer is marked; else every result's header.
+        """
+        self.check_names(workflow_name)
         names = self.list_tasks(workflow_name)
-        found: dict[str, list] = {}
-        for entry in self._listdir(f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}"):
-            name, sep, fp = entry.rpartition("@")
-            if sep and not entry.startswith(TMP_PREFIX):
-                found.setdefault(name, []).append(fp)
-        result: dict[str, str | None] = {}
+        entries = self._writers(workflow_name)
+        runs = self._runs.get(workflow_name) or []
+        mine = {f"{WRITING}{_marker_name(run.tag)}" for run in runs}
+        run = runs[-1] if runs else None
+        if entries is None or (run is not None and run.forgotten):
+            result: dict[str, str | None] = dict.fromkeys(names)
+            if run is not None:
+                run.view, run.index = dict(result), None
+            return result
+        markers = [e for e in entries if e.startswith((WRITING, DONE)) and e not in mine]
+        index = self._read_index(workflow_name) if not markers else None
+        if index is None and run is not None and markers:
+            # this run's marker is in place: markers of writers that finished or died may go now,
+            # because what they wrote is read from the headers below, after their removal
+            folder = self._fp_dir(workflow_name)
+            for entry in markers:
+                if entry.startswith(DONE) or not writer_alive(entry[len(WRITING):].replace("~", "@", 1)):
+                    self._remove_file(f"{folder}/{entry}")
+        legacy: dict[str, list] = {}
+        if index is None:
+            for entry in entries:
+                name, sep, fp = entry.rpartition("@")
+                if sep and not entry.startswith("."):
+                    legacy.setdefault(name, []).append(fp)
+        result = {}
         for name in names:
-            fps = found.get(name)
-            result[name] = fps[0] if fps and len(fps) == 1 else None  # two markers: unsure, so none
+            if index is not None and name in index:
+                result[name] = index[name]
+            else:
+                result[name] = self._header_fingerprint(workflow_name, name, legacy)
+        if run is not None:
+            run.view, run.index = dict(result), index
+        for active in runs:  # what this object saved since: the index does not have it yet
+            for name, fp in active.saved.items():
+                if name in result:
+                    result[name] = fp
         return result
 
-    def _save(self, workflow_name: str, task_name: str, obj: Any) -> None:
+    def _save(self, workflow_name: str, task_name: str, obj: Any, fp_bytes: bytes = b"") -> None:
         self.check_names(workflow_name, task_name)
-        self._ensure_dir(self._workflow_dir(workflow_name))
+        folder = f"{self.root}/{workflow_name}"
+        if folder not in self._made:
+            self._ensure_dir(folder)
         data_id = writer_tag()
-        data_dir = f"{self._data_dir(workflow_name, task_name)}/{data_id}"
         with _in_progress_lock:
-            _in_progress.add(data_id)
+            _in_progress.add(data_id)  # its temporary (and data) are never removed as stale meanwhile
         wrote_data = False
+        data_dir = ""
         try:
             try:
-                payload, wrote_data = self._dumps(obj, workflow_name, task_name, data_dir)
+                if self._selector is None and not self.persistent_serializers and not self.run_serializers:
+                    try:  # no serializer to consult: the plain pickle (most results)
+                        payload = pickle.dumps(obj, protocol=5)
+                    except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                        payload = _pickle_by_value(obj, exc)
+                else:
+                    data_dir = f"{self._data_dir(workflow_name, task_name)}/{data_id}"
+                    payload, wrote_data = self._dumps(obj, workflow_name, task_name, data_dir)
             except SerializationError:
                 wrote_data = True  # maybe partly: remove below
                 raise
@@ -471,17 +728,24 @@ class FileStorage(Storage):
                     f"the result of node {task_name!r} (workflow {workflow_name!r}) cannot be serialised: "
                     f"{type(exc).__name__}: {exc}; nothing was written for it"
                 ) from exc
-            id_bytes = data_id.encode() if wrote_data else b""
-            header = _HEADER.pack(MAGIC, len(payload), zlib.crc32(payload, zlib.crc32(id_bytes)), len(id_bytes))
+            if wrote_data:
+                id_bytes = data_id.encode()
+                tail = id_bytes + fp_bytes
+            else:
+                id_bytes, tail = b"", fp_bytes
+            tail_crc = zlib.crc32(tail)
+            fields = _HEADER_FIELDS.pack(MAGIC, len(payload), zlib.crc32(payload, tail_crc),
+                                         len(id_bytes), len(fp_bytes))
+            header = fields + _CRC.pack(zlib.crc32(tail, zlib.crc32(fields))) + tail
             try:
-                self._write_atomic(self._result_path(workflow_name, task_name), header + id_bytes, payload)
+                self._write_atomic(f"{folder}/{task_name}{RESULT_SUFFIX}", header, payload, tag=data_id)
             except Exception as exc:
                 raise StorageError(
                     f"{self.describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
                     f"{_timeout_text(exc)}"
                 ) from exc
         except BaseException:
-            if wrote_data:
+            if wrote_data and data_dir:
                 self._discard_quietly(data_dir)  # only this save's own folder: the committed one stays
                 self._remove_if_empty(self._data_dir(workflow_name, task_name))
             raise
@@ -533,19 +797,27 @@ class FileStorage(Storage):
         magic = bytes(blob[:4])
         if magic == MAGIC_V1 and len(blob) >= _HEADER_V1.size:
             _, length, crc = _HEADER_V1.unpack_from(blob)
-            id_bytes, start = b"", _HEADER_V1.size
+            id_bytes, tail, start = b"", b"", _HEADER_V1.size
+        elif magic == MAGIC_V2 and len(blob) >= _HEADER_V2.size:
+            _, length, crc, id_length = _HEADER_V2.unpack_from(blob)
+            start = _HEADER_V2.size + id_length
+            id_bytes = tail = bytes(blob[_HEADER_V2.size:start])
         elif magic == MAGIC and len(blob) >= _HEADER.size:
-            _, length, crc, id_length = _HEADER.unpack_from(blob)
-            start = _HEADER.size + id_length
-            id_bytes = bytes(blob[_HEADER.size:start])
-        elif len(blob) < _HEADER.size and magic in (MAGIC, MAGIC_V1, b"FFR2"[: len(magic)]):
+            _, length, crc, id_length, fp_length, head_crc = _HEADER.unpack_from(blob)
+            start = _HEADER.size + id_length + fp_length
+            tail = bytes(blob[_HEADER.size:start])
+            id_bytes = tail[:id_length]
+            if len(tail) != id_length + fp_length or \
+                    zlib.crc32(tail, zlib.crc32(memoryview(blob)[:_HEADER_FIELDS.size])) != head_crc:
+                raise CorruptResultError(f"{where} fails its checksum")
+        elif len(blob) < _HEADER.size and magic in (MAGIC, MAGIC_V2, MAGIC_V1, MAGIC[: len(magic)]):
             raise CorruptResultError(f"{where} is truncated ({len(blob)} bytes)")
         else:
             raise CorruptResultError(f"{where} is not a functionfuse result (bad header)")
         payload = memoryview(blob)[start:]
         if len(payload) != length:
             raise CorruptResultError(f"{where} is truncated: {len(payload)} of {length} bytes")
-        if zlib.crc32(payload, zlib.crc32(id_bytes)) != crc:
+        if zlib.crc32(payload, zlib.crc32(tail)) != crc:
             raise CorruptResultError(f"{where} fails its checksum")
         try:
             return payload, id_bytes.decode()
@@ -555,16 +827,20 @@ class FileStorage(Storage):
     def _committed_data_id(self, workflow_name: str, task_name: str) -> str | None:
         """The data id the committed result uses (``""``: the old layout), or ``None`` (no result, or no data)."""
         try:
-            head = self._read_bytes(self._result_path(workflow_name, task_name), end=_HEADER.size + _MAX_ID)
+            head = self._read_bytes(self._result_path(workflow_name, task_name), end=_HEAD_READ)
         except FileNotFoundError:
             return None
         magic = head[:4]
         if magic == MAGIC_V1:
             return ""
-        if magic != MAGIC or len(head) < _HEADER.size:
+        if magic == MAGIC_V2 and len(head) >= _HEADER_V2.size:
+            size = _HEADER_V2.size
+        elif magic == MAGIC and len(head) >= _HEADER.size:
+            size = _HEADER.size
+        else:
             return None
-        id_length = _HEADER.unpack_from(head)[3]
-        return head[_HEADER.size:_HEADER.size + id_length].decode("utf-8", "replace") or None
+        id_length = _HEADER_V2.unpack_from(head)[3]
+        return head[size:size + id_length].decode("utf-8", "replace") or None
 
     def _remove_stale_data(self, workflow_name: str, task_name: str, keep: str | None = None) -> None:
         """Remove data folders of ``task_name`` that no result uses and no live writer is writing."""
@@ -592,7 +868,7 @@ class FileStorage(Storage):
         self.check_names(workflow_name)
         removed: list[str] = []
         folder = self._workflow_dir(workflow_name)
-        for parent in (folder, f"{folder}/{META_DIR}"):
+        for parent in (folder, f"{folder}/{META_DIR}", f"{folder}/{FINGERPRINT_DIR}"):
             for entry in self._listdir(parent):
                 if entry.startswith(TMP_PREFIX) and not writer_alive(entry):
                     self._remove_file(f"{parent}/{entry}")
@@ -665,11 +941,13 @@ class FileStorage(Storage):
         for name in names:
             self._remove_file(self._result_path(workflow_name, name))
             self._remove_tree(self._data_dir(workflow_name, name))
+            for run in self._runs.get(workflow_name, ()):
+                run.saved.pop(name, None)
             if markers is None:
-                markers = self._listdir(f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}")
-            for entry in markers:
-                if entry.rpartition("@")[0] == name:
-                    self._remove_file(f"{self._workflow_dir(workflow_name)}/{FINGERPRINT_DIR}/{entry}")
+                markers = self._listdir(self._fp_dir(workflow_name))
+            for entry in markers:  # fingerprint markers of earlier versions
+                if not entry.startswith(".") and entry.rpartition("@")[0] == name:
+                    self._remove_file(f"{self._fp_dir(workflow_name)}/{entry}")
         return names
 
     @_reported
@@ -765,6 +1043,20 @@ class FileStorage(Storage):
         return self.match_pattern(names, pattern)
 
 
+
+
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_JOIN_BELOW = 1 << 16  # payloads up to this size are copied behind the header and written at once
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """``os.write`` until every byte is written (one call may write less, and at most about 2 GiB)."""
+    written = os.write(fd, data)
+    if written == len(data):
+        return
+    view = memoryview(data).cast("B")
+    while written < len(view):
+        written += os.write(fd, view[written:])
 
 
 def _cloudpickle_for(exc: BaseException) -> Any:
@@ -937,6 +1229,36 @@ def _check_bucket(fs_options: dict, bucket: str, where: str) -> None:
         raise StorageError(
             f"{where}: cannot reach the S3 endpoint {endpoint}: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+class _RunWriter:
+    """One run writing one workflow through one storage object: its marker and what it saw and saved."""
+
+    __slots__ = ("tag", "forgotten", "view", "index", "saved")
+
+    def __init__(self, tag: str, forgotten: bool):
+        self.tag = tag
+        self.forgotten = forgotten
+        self.view: dict | None = None  # every stored fingerprint, as listed during the run
+        self.index: dict | None = None  # the index as read then (not written again when unchanged)
+        self.saved: dict = {}
+
+
+_STATE_KEY = "fsstorage"
+
+
+@hookimpl
+def ff_before_run(context: Any) -> None:
+    storage = context.storage
+    if isinstance(storage, FileStorage):
+        context.state[_STATE_KEY] = storage.begin_run(context.workflow_name)
+
+
+@hookimpl
+def ff_after_run(context: Any, error: BaseException | None) -> None:
+    run = context.state.pop(_STATE_KEY, None)
+    if run is not None:
+        context.storage.end_run(context.workflow_name, run, ok=error is None)
 
 
 @hookimpl
