@@ -123,12 +123,20 @@ def _step_in_b():
     return step
 
 
-def test_default_names_count_per_qualified_name_from_zero():
+def number(node) -> int:
+    """The counter part of a default name (``<qualname>_<NNNN>``)."""
+    stem, _, digits = node.name.rpartition("_")
+    assert stem == node.qualname and len(digits) == 4, node.name
+    return int(digits)
+
+
+def test_default_names_count_per_qualified_name():
     step_a, step_b = workflow(_step_in_a()), workflow(_step_in_b())  # two functions named `step`
-    first_a, first_b, second_a = step_a(1), step_b(1), step_a(2)
-    assert first_a.name == f"{_step_in_a.__qualname__}.<locals>.step_0000"
-    assert first_b.name == f"{_step_in_b.__qualname__}.<locals>.step_0000"
-    assert second_a.name == f"{_step_in_a.__qualname__}.<locals>.step_0001"
+    first_a, first_b, second_a, second_b = step_a(1), step_b(1), step_a(2), step_b(2)
+    assert first_a.name.startswith(f"{_step_in_a.__qualname__}.<locals>.step_")
+    assert first_b.name.startswith(f"{_step_in_b.__qualname__}.<locals>.step_")
+    # interleaved, each counts on its own
+    assert number(second_a) == number(first_a) + 1 and number(second_b) == number(first_b) + 1
     assert LocalWorkflow(first_a, second_a, first_b, workflow_name="steps").run() == [2, 3, 2]
 
 
@@ -208,10 +216,13 @@ def test_stateful_nodes_are_named_per_class_and_method_and_chained():
     p2 = left.push(p1)
     q1 = left.pop()
     r1 = right.push(5)
-    assert left.name == f"{Left.__qualname__}_0000" and right.name == f"{Right.__qualname__}_0000"
-    # methods count by their own qualified name (Right.push is Left.push)
-    assert [p1.name, p2.name, q1.name, r1.name] == [f"{Left.__qualname__}.push_0000", f"{Left.__qualname__}.push_0001",
-                                                    f"{Left.__qualname__}.pop_0000", f"{Left.__qualname__}.push_0002"]
+    # objects count per class, methods per method's qualified name (Right.push is Left.push)
+    assert left.name.startswith(f"{Left.__qualname__}_") and right.name.startswith(f"{Right.__qualname__}_")
+    assert number(Lw(1)) == number(left) + 1 and number(Rw(1)) == number(right) + 1
+    push = number(p1)
+    assert p1.name.startswith(f"{Left.__qualname__}.push_") and q1.name.startswith(f"{Left.__qualname__}.pop_")
+    assert (number(p2), number(r1)) == (push + 1, push + 2)
+    assert number(left.pop()) == number(q1) + 1
     assert repr(left) == f"<ObjectNode '{left.name}'>" and repr(p1) == f"<MethodNode '{p1.name}'>"
     assert repr(echo(1).set_name("e")) == "<Node 'e'>"
     # the first call follows the object; each later call follows the previous one
