@@ -144,6 +144,30 @@ def _is_library_path(path: str) -> bool:
     return os.path.realpath(path).startswith(_roots())
 
 
+def _import_user_module(name: str) -> types.ModuleType | None:
+    """The user's module ``name``, imported now if it is not yet; ``None`` for a library or a missing module.
+
+    A function that imports the user's module inside its body (``from .prices import RATE``)
+    depends on that module's code even before anything has imported it. Importing it here,
+    in the driver (the function imports it anyway when it runs), lets its names count, so
+    a fresh process computes the same fingerprint as one that imported it already, and a
+    change to it is seen either way.
+    """
+    import importlib
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError, AttributeError):
+        return None
+    if spec is None or not spec.origin or _is_library_path(spec.origin):
+        return None
+    try:
+        return importlib.import_module(name)
+    except Exception:  # noqa: BLE001 - it fails again, naming itself, when the function runs
+        return None
+
+
 def _is_user_module_name(name: str | None, fallback_file: str | None = None) -> bool:
     """True when module ``name`` is the user's own code, judged by where its file lives."""
     if not name:
@@ -511,7 +535,9 @@ def _own_function(func: types.FunctionType, versions: bool) -> _Own:
         module = sys.modules.get(module_name)
         h.update(b"I" + _enc_str(module_name))
         if module is None:
-            continue
+            module = _import_user_module(module_name)
+            if module is None:
+                continue
         if not _is_user_module_name(module_name):
             h.update(d.lib(module, b"LM"))
             continue

@@ -338,3 +338,23 @@ def test_excluding_the_star_args_name_leaves_every_extra_positional_argument_out
     other = gather(7, 2).set_name("gather")
     assert fingerprint_nodes([node], exclude={node: ["rest"]})[node] != \
         fingerprint_nodes([other], exclude={other: ["rest"]})[other]
+
+
+def test_a_user_module_imported_only_inside_the_function_counts_before_anything_imported_it(load):
+    """A fresh process has not imported ``rates`` yet: a change to it must still change the fingerprint."""
+    files = {
+        "rates": "RATE = 2\n",
+        "billing": "def total(n):\n    from rates import RATE\n    return n * RATE\n",
+    }
+    before = load(files, "billing").total
+    assert "rates" not in sys.modules  # nothing imported it: only the function's body names it
+    two = code_fingerprint(before)
+    files["rates"] = "RATE = 3\n"
+    after = load(files, "billing").total
+    sys.modules.pop("rates", None)  # a fresh process again
+    assert code_fingerprint(after) != two
+    files["rates"] = "RATE = 2\n"
+    again = load(files, "billing").total
+    sys.modules.pop("rates", None)
+    assert code_fingerprint(again) == two  # the same code gives the same fingerprint
+    assert again(5) == 10 and code_fingerprint(again) == two  # and still after the function ran
