@@ -573,8 +573,11 @@ class Run:
         storage = workflow.storage
         if mode == READ:
             source = self.plan.sources.get(node, node.name)
-            return NodeCall(source, workflow.workflow_name, READ, None, None, (), storage, False,
-                            self.worker_hooks, node), []
+            call = NodeCall(source, workflow.workflow_name, READ, None, None, (), storage, False,
+                            self.worker_hooks, node)
+            if self.keeps_fingerprints:
+                call.fingerprint = self.plan.fingerprints.get(node)  # the read refuses a result replaced since
+            return call, []
         kind = node.kind
         callables = self.prepare(node)
         save = storage if self.saves(node) else None

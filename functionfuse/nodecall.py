@@ -367,7 +367,11 @@ def _read(call: NodeCall) -> Any:
     if hooks is not None and hooks.read:
         return hooks.host().storage_read(call.storage, call.workflow_name, call.name, hooks.context,
                                          node=(call.node if call.node is not None else call))
-    return call.storage.read_task(call.workflow_name, call.name)
+    storage = call.storage
+    if call.fingerprint is not None and hasattr(storage, "read_task_checked"):
+        # the result must still be the call the run planned to read (its header holds the fingerprint)
+        return storage.read_task_checked(call.workflow_name, call.name, call.fingerprint)
+    return storage.read_task(call.workflow_name, call.name)
 
 
 def _save(call: NodeCall, value: Any) -> None:

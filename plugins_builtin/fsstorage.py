@@ -791,6 +791,40 @@ class FileStorage(Storage):
         base = self._data_dir(workflow_name, task_name)
         return self._loads(payload, workflow_name, task_name, base if not data_id else f"{base}/{data_id}")
 
+    def read_task_checked(self, workflow_name: str, task_name: str, fingerprint: str) -> Any:
+        """:meth:`read_task`, refusing a result whose header holds another fingerprint than ``fingerprint``.
+
+        A run reads back a result because its fingerprint matched when the run looked at the
+        storage; if the file was replaced since (another writer, a stale index), its header says
+        so and this raises :class:`CorruptResultError` instead of returning another call's value.
+        Results written before fingerprints lived in the header (FFR1, FFR2) have nothing to compare.
+        """
+        self.check_names(workflow_name, task_name)
+        path = self._result_path(workflow_name, task_name)
+        try:
+            blob = self._read_bytes(path)
+        except FileNotFoundError as exc:
+            raise TaskNotFoundError(
+                f"{self.describe()}: no stored result for node {task_name!r} in workflow {workflow_name!r}"
+            ) from exc
+        except Exception as exc:
+            raise StorageError(
+                f"{self.describe()}: reading node {task_name!r} of workflow {workflow_name!r} failed: "
+                f"{_timeout_text(exc)}"
+            ) from exc
+        payload, data_id = self._verify(blob, workflow_name, task_name)
+        if bytes(blob[:4]) == MAGIC:
+            _, _, _, id_length, fp_length, _ = _HEADER.unpack_from(blob)
+            stored = bytes(blob[_HEADER.size + id_length:_HEADER.size + id_length + fp_length])
+            if stored != fingerprint.encode():
+                raise CorruptResultError(
+                    f"{self.describe()}: stored result of node {task_name!r} (workflow {workflow_name!r}) has "
+                    f"fingerprint {stored.decode(errors='replace')[:16]!r}, not the {fingerprint[:16]!r} this run "
+                    "planned to read: it was replaced after the run looked at the storage; run again to recompute it"
+                )
+        base = self._data_dir(workflow_name, task_name)
+        return self._loads(payload, workflow_name, task_name, base if not data_id else f"{base}/{data_id}")
+
     def _verify(self, blob: bytes, workflow_name: str, task_name: str) -> tuple[memoryview, str]:
         """The payload of a result file and the id of its data folder, after checking both."""
         where = f"{self.describe()}: stored result of node {task_name!r} (workflow {workflow_name!r})"

@@ -145,6 +145,10 @@ class RayStorage(Storage):
         self.check_names(workflow_name, task_name)
         return self._call("read_task", workflow_name, task_name)
 
+    def read_task_checked(self, workflow_name: str, task_name: str, fingerprint: str) -> Any:
+        self.check_names(workflow_name, task_name)
+        return self._call("read_task_checked", workflow_name, task_name, fingerprint)
+
     def file_exists(self, workflow_name: str, task_name: str) -> bool:
         return self._call("file_exists", workflow_name, task_name)
 

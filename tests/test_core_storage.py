@@ -91,9 +91,16 @@ def test_resumed_run_lists_once_and_reads_only_what_it_needs(file_storage):
         seen["read"].append(task_name)
         return original_read(workflow_name, task_name)
 
+    original_checked = file_storage.read_task_checked
+
+    def recording_checked_read(workflow_name, task_name, fingerprint):  # a read-back checks the fingerprint
+        seen["read"].append(task_name)
+        return original_checked(workflow_name, task_name, fingerprint)
+
     file_storage.list_tasks, file_storage.file_exists, file_storage.read_task = (
         counting_list, counting_exists, recording_read,
     )
+    file_storage.read_task_checked = recording_checked_read
     assert wf.run() == 6
     assert seen == {"list": 1, "exists": 0, "read": ["node3"]}
 
