@@ -12,6 +12,7 @@ the messages.
 from __future__ import annotations
 
 import functools
+import uuid
 
 import pytest
 
@@ -87,10 +88,11 @@ def test_lazy_operators_give_a_class_every_operator_with_its_own_message():
 
 def test_lazy_truth_is_refused_in_user_code_and_granted_to_functionfuse_its_plugins_and_pluggy():
     class Pending:
-        pass
+        def __init__(self, label):
+            self.label = label
 
-    _lazy_operators(Pending, lambda thing: "'pending'")
-    x = Pending()
+    _lazy_operators(Pending, lambda thing: repr(thing.label))  # the message describes the node asked
+    x = Pending("pending")
     with pytest.raises(TypeError) as info:
         bool(x)
     assert str(info.value) == no_value("'pending'", "its truth value ('if node:', 'node and x')")
@@ -138,6 +140,30 @@ def test_default_names_count_per_qualified_name():
     # interleaved, each counts on its own
     assert number(second_a) == number(first_a) + 1 and number(second_b) == number(first_b) + 1
     assert LocalWorkflow(first_a, second_a, first_b, workflow_name="steps").run() == [2, 3, 2]
+
+
+def test_a_function_never_seen_before_starts_at_0000():
+    def fresh(x):
+        return x
+
+    # a qualified name no earlier node in this process has (mutmut reruns the tests in one process)
+    fresh.__qualname__ = f"fresh_{uuid.uuid4().hex}"
+    node = workflow(fresh)(1)
+    assert node.name == f"{fresh.__qualname__}_0000" and node.has_default_name
+    assert workflow(fresh)(2).name == f"{fresh.__qualname__}_0001"  # decorated again: the same counter
+
+
+def test_set_name_refuses_a_bad_name_as_a_node_name():
+    from functionfuse.errors import InvalidNameError
+
+    node = echo(1)
+    with pytest.raises(InvalidNameError) as info:
+        node.set_name("a/b")
+    assert str(info.value) == f"node name 'a/b' is not allowed: {SEPARATORS}"
+    with pytest.raises(InvalidNameError) as info:
+        node.set_name(None)
+    assert str(info.value) == "node name must be a string, got NoneType None"
+    assert node.has_default_name  # a refused name leaves the default
 
 
 def test_the_decorated_function_looks_like_the_function_and_keeps_it():

@@ -13,6 +13,7 @@ import gc
 import os
 import pickle
 import socket
+import time
 import weakref
 
 import pytest
@@ -211,8 +212,10 @@ def test_a_failing_node_stops_the_run_and_names_itself(path, tmp_path):
     bad = boom(a, "bad").set_name("bad")
     after = look(bad, "after").set_name("after")
     wf, plugins = local([after], path, tmp_path, name="fails")
+    began = time.time()
     with pytest.raises(NodeExecutionError) as info:
         wf.run()
+    ended = time.time()
     assert str(info.value) == "node 'bad' of workflow 'fails' failed: ValueError: bad cannot"
     assert str(info.value.__cause__) == "bad cannot"
     assert RAN == ["a", "bad"]
@@ -220,6 +223,8 @@ def test_a_failing_node_stops_the_run_and_names_itself(path, tmp_path):
         (events,) = plugins
         assert events.events == [("before", "a"), ("after", "a"), ("before", "bad"), ("error", "bad", "bad cannot")]
         assert set(events.infos["bad"]) == {"start", "duration", "worker", "host"}
+        assert began <= events.infos["bad"]["start"] <= ended  # wall-clock time of the failed call
+        assert isinstance(events.infos["bad"]["duration"], float)
         assert (events.infos["bad"]["worker"], events.infos["bad"]["host"]) == (f"pid {os.getpid()}",
                                                                                 socket.gethostname())
 
