@@ -476,6 +476,12 @@ class _Session:
             for leaf, future in zip(leaves, futures):
                 if future.status == "error":
                     self.run.fail(leaf, future.exception())
+            # every leaf computed: one of them cannot be loaded here (e.g. its class is missing in the driver)
+            for leaf, future in zip(leaves, futures):
+                try:
+                    future.result()
+                except Exception as own:  # noqa: BLE001 - this leaf's value is the one that fails
+                    self.run.fail(leaf, own, None, f"its value could not be loaded in the driver: {own!r:.200}")
             raise exc
         return [pair[1] for pair in pairs]
 

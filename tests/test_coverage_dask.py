@@ -388,13 +388,12 @@ def driver_only(driver_pid, payload):
     return DriverOnly(driver_pid, payload)
 
 
-@pytest.mark.xfail(strict=True, reason="defect: Session.leaves re-raises a leaf the driver cannot load "
-                                        "without naming it (only futures with status 'error' are named)")
 def test_a_leaf_value_the_driver_cannot_load_names_the_leaf(client):
     # Computed fine on a worker; only loading it in the driver fails (as for a class the driver
-    # lacks). The Ray backend names such a leaf; here the bare RuntimeError comes out.
+    # lacks). The error names the leaf, as on the Ray backend.
     wf = DaskWorkflow(driver_only(DRIVER_PID, 41).set_name("unloadable"), workflow_name="unloadable_wf",
                       client=client)
-    with pytest.raises(NodeExecutionError, match=r"node 'unloadable' of workflow 'unloadable_wf' failed: "
-                                                 r"RuntimeError: this value was shipped to the driver"):
+    with pytest.raises(NodeExecutionError, match=r"node 'unloadable' of workflow 'unloadable_wf' failed: its value "
+                                                 r"could not be loaded in the driver: RuntimeError\('this value was "
+                                                 r"shipped to the driver'\)"):
         wf.run()
