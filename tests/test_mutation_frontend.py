@@ -155,6 +155,7 @@ def test_a_function_never_seen_before_starts_at_0000():
 
 def test_set_name_refuses_a_bad_name_as_a_node_name():
     from functionfuse.errors import InvalidNameError
+    from functionfuse.frontend import validate_name
 
     node = echo(1)
     with pytest.raises(InvalidNameError) as info:
@@ -164,6 +165,9 @@ def test_set_name_refuses_a_bad_name_as_a_node_name():
         node.set_name(None)
     assert str(info.value) == "node name must be a string, got NoneType None"
     assert node.has_default_name  # a refused name leaves the default
+    with pytest.raises(InvalidNameError) as info:
+        validate_name(".tmp")  # what is named: a node unless told
+    assert str(info.value).startswith("node name '.tmp' is not allowed")
 
 
 def test_the_decorated_function_looks_like_the_function_and_keeps_it():
@@ -484,3 +488,19 @@ def test_a_refused_name_is_quoted_with_its_reason(what):
     for name in ("x" * 200, "é" * 100, "a.b", "a..", "node_0001", "ü"):  # 200 bytes is the most allowed
         assert validate_name(name, what) is name
     assert echo(1).set_name("é" * 100).name == "é" * 100
+
+
+def test_a_container_before_a_node_and_a_class_first_seen_as_a_keyword():
+    class KeywordBag(list):  # new to this process, and met first as a keyword argument
+        pass
+
+    a, b = echo(1).set_name("a"), echo(2).set_name("b")
+    mixed = gather([a], b).set_name("mixed")  # nested, then top-level: the general path
+    assert mixed.parents == (a, b) and mixed.argmode == ARGS_NESTED
+    after_plain = gather([1, 2], b).set_name("after_plain")  # a container without nodes, then a node
+    assert after_plain.parents == (b,) and after_plain.argmode == ARGS_TOP and after_plain.slots == (1,)
+    by_keyword = gather(k=KeywordBag([a])).set_name("by_keyword")
+    assert by_keyword.parents == (a,) and by_keyword.argmode == ARGS_NESTED
+    got = LocalWorkflow(mixed, after_plain, by_keyword, workflow_name="mixed").run()
+    assert got == [(([1], 2), {}), (([1, 2], 2), {}), ((), {"k": [1]})]
+    assert type(got[2][1]["k"]) is KeywordBag
