@@ -28,6 +28,12 @@ else
 fi
 find "$work" -name __pycache__ -prune -exec rm -rf {} +
 
+# mutmut forks every mutant from a process that has imported the tests and run them once (stats,
+# clean run): code run at import time (module-level decorations, `_lazy_operators(Node, ...)`) and
+# per-process caches (`_ARG_KINDS`, the name counters) are not run again under the mutant. A test
+# kills such mutants only by doing the thing inside the test (decorate there, define the class
+# there, call the setup function on a fresh class), and must pass when run twice in one process.
+#
 # The tests that run in this process only (no Ray, no subprocess CLI, no S3 server): a mutant
 # must be killed by what the core promises, and Ray workers would import the unmutated code.
 tests=(
