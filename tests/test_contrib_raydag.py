@@ -17,6 +17,7 @@ import threading
 import time
 
 import pytest
+from interruptible import interruptible
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
@@ -501,7 +502,7 @@ def test_killed_driver_resumes_computing_only_unsaved_nodes(ray_cluster, tmp_pat
     script.write_text(DRIVER_SCRIPT)
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     driver = subprocess.Popen(
-        [sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster],
+        interruptible([sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster]),
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -731,7 +732,7 @@ def _start_killed_driver(tmp_path, ray_cluster):
     script = tmp_path / "driver.py"
     script.write_text(DRIVER_SCRIPT)
     driver = subprocess.Popen(
-        [sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster],
+        interruptible([sys.executable, str(script), str(storage_path), str(records_dir), ray_cluster]),
         env=dict(os.environ, RAY_AUTH_MODE="disabled"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
     deadline = time.time() + 90

@@ -19,6 +19,7 @@ import time
 import uuid
 
 import pytest
+from interruptible import interruptible
 from ray_fixtures import start_local_cluster, stop_local_cluster
 from s3_fixtures import running_moto
 
@@ -183,8 +184,8 @@ def test_cli_ctrl_c_exits_130_and_keeps_finished_results(tmp_path):
     store = tmp_path / "store"
     env = dict(os.environ, SLOW_MARKER=str(marker))
     process = subprocess.Popen(
-        [sys.executable, "-m", "functionfuse", "run", f"{script}:leaf", "--storage", str(store),
-         "--workflow-name", "slow"],
+        interruptible([sys.executable, "-m", "functionfuse", "run", f"{script}:leaf", "--storage", str(store),
+                       "--workflow-name", "slow"]),
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
