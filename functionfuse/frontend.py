@@ -409,8 +409,8 @@ class Node:
     # -- naming -----------------------------------------------------------
     @property
     def qualname(self) -> str:
-        """The qualified name of the function the node calls."""
-        return self.func.__qualname__
+        """The qualified name of the function the node calls (for a callable without one, as ``workflow`` names it)."""
+        return callable_qualname(self.func)
 
     @property
     def name(self) -> str:
@@ -516,6 +516,11 @@ class WorkflowClass:
         return f"<workflow class {self.cls.__qualname__}>"
 
 
+def callable_qualname(func: Any) -> str:
+    """``func.__qualname__``, else its ``__name__``, else its type's name (``functools.partial``, callable objects)."""
+    return getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+
+
 def workflow(func: Callable) -> Any:
     """Make ``func`` (a function or a class) build workflow nodes when called.
 
@@ -532,7 +537,7 @@ def workflow(func: Callable) -> Any:
         return WorkflowClass(func)
     if not callable(func):
         raise NotANodeError(f"@workflow decorates functions and classes, not {type(func).__name__}")
-    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__name__
+    qualname = callable_qualname(func)
 
     # A plain closure: the cheapest call there is, and node creation is the hot path of building.
     def make_node(*args: Any, **kwargs: Any) -> Node:

@@ -504,3 +504,25 @@ def test_a_container_before_a_node_and_a_class_first_seen_as_a_keyword():
     got = LocalWorkflow(mixed, after_plain, by_keyword, workflow_name="mixed").run()
     assert got == [(([1], 2), {}), (([1, 2], 2), {}), ((), {"k": [1]})]
     assert type(got[2][1]["k"]) is KeywordBag
+
+
+def test_a_callable_without_a_qualname_gets_a_default_name_and_runs():
+    """functools.partial and callable objects have no __qualname__: the node is named as workflow() names them."""
+    import functools
+
+    from functionfuse import workflow
+    from functionfuse.backends.builtin.localback import LocalWorkflow
+
+    def power(x, p):
+        return x ** p
+
+    class Tripler:
+        def __call__(self, x):
+            return 3 * x
+
+    square = workflow(functools.partial(power, p=2))
+    triple = workflow(Tripler())
+    a, b = square(4), triple(5)
+    assert a.qualname == "partial" and a.name.startswith("partial_") and a.has_default_name
+    assert b.qualname == "Tripler" and b.name.startswith("Tripler_")
+    assert LocalWorkflow(a, b, workflow_name="callables").run() == [16, 15]
