@@ -66,8 +66,10 @@ def test_a_restarted_actor_never_gives_a_wrong_value(cluster, tmp_path):
     try:
         values = wf.run()
     except NodeExecutionError as exc:
-        # refused: the object (or the call it ran) is named, and nothing wrong came back
-        assert exc.node_name in ("counter", "a2", "a3"), exc
+        # refused: the object (or a call on it) is named, and nothing wrong came back. a1 may be the
+        # one refused too: if the actor died before its reply for a1 reached the driver, Ray retries
+        # a1 on the restarted actor, whose state is gone
+        assert exc.node_name in ("counter", "a1", "a2", "a3"), exc
         assert "restarted" in str(exc) or "died" in str(exc), exc
     else:
         assert values == [1, 3, 6]  # only a right answer may come back
