@@ -8,7 +8,6 @@ lock, the stored plan and the run record saved at the start.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Any
 
@@ -102,15 +101,6 @@ class RayWorkflow(rayback.RayWorkflow):
         except BaseException as exc:
             # Interrupted (Ctrl-C) rather than failed: the driver may live on, so say it can be resumed.
             record["interrupted"] = not isinstance(exc, Exception)
-            raise
-
-    def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
-        try:
-            return super()._collect(ray, run, pending, watched, metas)
-        except Exception:
-            for ref in pending:  # a node failed: stop what has not run
-                with contextlib.suppress(Exception):  # Ray refuses to cancel actor tasks: harmless
-                    ray.cancel(ref)
             raise
 
     # Ray Workflows' management calls, as static methods too (resume: set below, after the function).
