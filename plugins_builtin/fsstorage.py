@@ -774,22 +774,7 @@ class FileStorage(Storage):
             pass
 
     def read_task(self, workflow_name: str, task_name: str) -> Any:
-        self.check_names(workflow_name, task_name)
-        path = self._result_path(workflow_name, task_name)
-        try:
-            blob = self._read_bytes(path)
-        except FileNotFoundError as exc:
-            raise TaskNotFoundError(
-                f"{self.describe()}: no stored result for node {task_name!r} in workflow {workflow_name!r}"
-            ) from exc
-        except Exception as exc:
-            raise StorageError(
-                f"{self.describe()}: reading node {task_name!r} of workflow {workflow_name!r} failed: "
-                f"{_timeout_text(exc)}"
-            ) from exc
-        payload, data_id = self._verify(blob, workflow_name, task_name)
-        base = self._data_dir(workflow_name, task_name)
-        return self._loads(payload, workflow_name, task_name, base if not data_id else f"{base}/{data_id}")
+        return self._read_result(workflow_name, task_name, None)
 
     def read_task_checked(self, workflow_name: str, task_name: str, fingerprint: str) -> Any:
         """:meth:`read_task`, refusing a result whose header holds another fingerprint than ``fingerprint``.
@@ -799,6 +784,9 @@ class FileStorage(Storage):
         so and this raises :class:`CorruptResultError` instead of returning another call's value.
         Results written before fingerprints lived in the header (FFR1, FFR2) have nothing to compare.
         """
+        return self._read_result(workflow_name, task_name, fingerprint)
+
+    def _read_result(self, workflow_name: str, task_name: str, fingerprint: str | None) -> Any:
         self.check_names(workflow_name, task_name)
         path = self._result_path(workflow_name, task_name)
         try:
@@ -813,7 +801,7 @@ class FileStorage(Storage):
                 f"{_timeout_text(exc)}"
             ) from exc
         payload, data_id = self._verify(blob, workflow_name, task_name)
-        if bytes(blob[:4]) == MAGIC:
+        if fingerprint is not None and bytes(blob[:4]) == MAGIC:
             _, _, _, id_length, fp_length, _ = _HEADER.unpack_from(blob)
             stored = bytes(blob[_HEADER.size + id_length:_HEADER.size + id_length + fp_length])
             if stored != fingerprint.encode():
