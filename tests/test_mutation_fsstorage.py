@@ -12,16 +12,27 @@ Real parts only: files in tmp_path, fsspec's memory filesystem, and a moto S3 se
 from __future__ import annotations
 
 import os
+import pickle
+import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import threading
 import time
+import zlib
 
 import pytest
 from s3_fixtures import running_moto, start_moto_with_auth
 
-from functionfuse.errors import InvalidOptionError, MissingExtraError, StorageError
+from functionfuse.errors import (
+    CorruptResultError,
+    InvalidOptionError,
+    MissingExtraError,
+    SerializationError,
+    StorageError,
+)
 from functionfuse.storage import storage_factory
 from plugins_builtin import fsstorage
 from plugins_builtin.fsstorage import FileStorage
@@ -354,3 +365,323 @@ def test_refused_credentials_are_named(moto_with_auth):
     assert message.startswith(f"S3 storage s3://{bucket}/a: access to the bucket {bucket!r} was refused "
                               f"(endpoint {server.endpoint}): wrong credentials, or no permission on it (")
     assert isinstance(caught.value.__cause__, PermissionError)
+
+
+# ---------------------------------------------------------------------------
+# a serializer of our own: its data goes beside the result, under the save's own id
+# ---------------------------------------------------------------------------
+
+
+class Blob:
+    """A value a serializer writes as a file of its own (as zarr writes an array)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __eq__(self, other):
+        return isinstance(other, Blob) and other.data == self.data
+
+
+class BlobSerializer:
+    name = "blob"
+
+    def __init__(self, fail_write: bool = False, fail_read: Exception | None = None):
+        self.fail_write, self.fail_read = fail_write, fail_read
+
+    def match(self, obj):
+        return isinstance(obj, Blob)
+
+    def write(self, obj, fs, path):
+        if self.fail_write:
+            raise RuntimeError("disk full (injected)")
+        fs.pipe_file(path, obj.data)
+        return len(obj.data)
+
+    def read(self, token, fs, path):
+        if self.fail_read is not None:
+            raise self.fail_read
+        data = fs.cat_file(path)
+        assert len(data) == token
+        return Blob(data)
+
+
+def blob_storage(root, **serializer) -> FileStorage:
+    storage = FileStorage(str(root))
+    storage.register_persistent_serializers(BlobSerializer(**serializer))
+    return storage
+
+
+def expected_header(payload: bytes, data_id: bytes, fingerprint: bytes) -> bytes:
+    """The FFR3 header, built from the module docstring's description (not from the code)."""
+    tail = data_id + fingerprint
+    fields = struct.pack("<4sQIHB", b"FFR3", len(payload), zlib.crc32(payload, zlib.crc32(tail)),
+                         len(data_id), len(fingerprint))
+    return fields + struct.pack("<I", zlib.crc32(tail, zlib.crc32(fields))) + tail
+
+
+def test_a_result_file_is_the_header_then_the_pickle(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    value = {"a": [1, 2.5, "x"], "b": (None, True)}
+    storage.save("w", "n", value, fingerprint="0123abcd" * 4)
+    blob = (tmp_path / "st" / "w" / "n.ffr").read_bytes()
+    payload = pickle.dumps(value, protocol=5)
+    assert blob == expected_header(payload, b"", b"0123abcd" * 4) + payload
+    storage.save("w", "plain", 7)  # without a fingerprint
+    payload = pickle.dumps(7, protocol=5)
+    assert (tmp_path / "st" / "w" / "plain.ffr").read_bytes() == expected_header(payload, b"", b"") + payload
+    assert sorted(os.listdir(tmp_path / "st" / "w")) == [".fffp", "n.ffr", "plain.ffr"]
+    assert storage.read_task("w", "n") == value and storage.read_task_checked("w", "n", "0123abcd" * 4) == value
+
+
+def test_a_big_result_is_written_whole(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    value = os.urandom(3 * fsstorage._JOIN_BELOW + 17)
+    storage.save("w", "big", value, fingerprint="b" * 32)
+    blob = (tmp_path / "st" / "w" / "big.ffr").read_bytes()
+    payload = pickle.dumps(value, protocol=5)
+    assert blob == expected_header(payload, b"", b"b" * 32) + payload
+    assert storage.read_task("w", "big") == value
+    small = b"s" * (fsstorage._JOIN_BELOW - 200)  # just below the size written in one call
+    storage.save("w", "small", small)
+    assert storage.read_task("w", "small") == small
+
+
+def test_serializer_data_lives_under_the_saves_own_id_named_in_the_header(tmp_path):
+    storage = blob_storage(tmp_path / "st")
+    value = {"first": Blob(b"one"), "second": Blob(b"two!"), "plain": [1, "x"]}
+    storage.save("w", "n", value, fingerprint="f" * 20)
+    folder = tmp_path / "st" / "w"
+    [data_id] = os.listdir(folder / "n.ffd")
+    assert data_id.startswith(f"{os.getpid()}@{fsstorage._HOST}-")
+    assert sorted(os.listdir(folder / "n.ffd" / data_id)) == ["0", "1"]
+    assert (folder / "n.ffd" / data_id / "0").read_bytes() == b"one"
+    assert (folder / "n.ffd" / data_id / "1").read_bytes() == b"two!"
+    blob = (folder / "n.ffr").read_bytes()
+    payload = blob[fsstorage._HEADER.size + len(data_id) + 20:]
+    assert blob == expected_header(payload, data_id.encode(), b"f" * 20) + payload
+    assert storage.data_path("w", "n") == f"{folder}/n.ffd/{data_id}"
+    assert blob_storage(tmp_path / "st").read_task("w", "n") == value  # a fresh storage object
+    # a re-save switches to a new id and removes the old data
+    storage.save("w", "n", {"first": Blob(b"uno")})
+    [new_id] = os.listdir(folder / "n.ffd")
+    assert new_id != data_id and os.listdir(folder / "n.ffd" / new_id) == ["0"]
+    assert storage.read_task("w", "n") == {"first": Blob(b"uno")}
+    assert not [e for e in os.listdir(folder) if e.startswith(fsstorage.TMP_PREFIX)]
+    # a result without serializer data has no data path
+    storage.save("w", "m", [1])
+    assert storage.data_path("w", "m") is None and storage.data_path("w", "missing") is None
+    assert not (folder / "m.ffd").exists()
+
+
+def test_a_failing_serializer_leaves_the_committed_result_and_no_data_of_its_own(tmp_path):
+    root = tmp_path / "st"
+    blob_storage(root).save("w", "n", {"x": Blob(b"kept")})
+    [committed] = os.listdir(root / "w" / "n.ffd")
+    failing = blob_storage(root, fail_write=True)
+    with pytest.raises(SerializationError) as caught:
+        failing.save("w", "n", {"x": Blob(b"lost")})
+    assert str(caught.value) == ("serializer 'blob' failed to write the result of node 'n' (workflow 'w'): "
+                                 "RuntimeError: disk full (injected)")
+    assert os.listdir(root / "w" / "n.ffd") == [committed]
+    assert blob_storage(root).read_task("w", "n") == {"x": Blob(b"kept")}
+    # a first save that fails leaves no data folder at all
+    with pytest.raises(SerializationError):
+        failing.save("w", "new", Blob(b"x"))
+    assert sorted(os.listdir(root / "w")) == ["n.ffd", "n.ffr"]
+
+
+def test_a_serializer_that_cannot_read_names_itself_the_node_and_the_storage(tmp_path):
+    root = tmp_path / "st"
+    blob_storage(root).save("w", "n", [Blob(b"abc")])
+    broken = blob_storage(root, fail_read=ValueError("bad bytes"))
+    with pytest.raises(SerializationError) as caught:
+        broken.read_task("w", "n")
+    assert str(caught.value) == (f"serializer 'blob' failed to read the result of node 'n' (workflow 'w') "
+                                 f"from file storage {root}: ValueError: bad bytes")
+    # its data gone: corrupt, naming the path
+    path = blob_storage(root).data_path("w", "n")
+    shutil.rmtree(path)
+    with pytest.raises(CorruptResultError) as caught:
+        blob_storage(root).read_task("w", "n")
+    assert str(caught.value).startswith(
+        f"file storage {root}: data of node 'n' (workflow 'w') written by serializer 'blob' is missing or "
+        f"incomplete at {path}/0: ")
+
+
+def test_a_result_of_a_serializer_no_plugin_provides_names_it(tmp_path):
+    root = tmp_path / "st"
+    blob_storage(root).save("w", "n", Blob(b"abc"))
+    with pytest.raises(StorageError) as caught:
+        FileStorage(str(root)).read_task("w", "n")
+    assert str(caught.value) == (f"file storage {root}: the result of node 'n' was written by serializer 'blob', "
+                                 "which no installed plugin provides")
+    # the storage object that wrote it can read it back even without the serializer registered any more
+    writer = blob_storage(root)
+    writer.save("w", "m", Blob(b"x"))
+    writer.persistent_serializers.clear()
+    assert writer.read_task("w", "m") == Blob(b"x")
+
+
+def test_results_pickle_by_value_when_pickle_cannot(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    factor = 3
+    storage.save("w", "f", lambda x: x * factor)
+    assert FileStorage(str(tmp_path / "st")).read_task("w", "f")(2) == 6
+    with_serializer = blob_storage(tmp_path / "st")
+    with_serializer.save("w", "g", {"blob": Blob(b"z"), "f": lambda: factor})
+    value = with_serializer.read_task("w", "g")
+    assert value["blob"] == Blob(b"z") and value["f"]() == 3
+    [data_id] = os.listdir(tmp_path / "st" / "w" / "g.ffd")
+    assert os.listdir(tmp_path / "st" / "w" / "g.ffd" / data_id) == ["0"]  # the failed attempt's data went
+
+
+def test_what_neither_pickle_nor_cloudpickle_can_store_is_refused_naming_the_node(tmp_path, monkeypatch):
+    storage = FileStorage(str(tmp_path / "st"))
+    with pytest.raises(SerializationError) as caught:
+        storage.save("w", "lock", {"lock": threading.Lock()})
+    assert str(caught.value) == ("the result of node 'lock' (workflow 'w') cannot be serialised: "
+                                 "TypeError: cannot pickle '_thread.lock' object; nothing was written for it")
+    with pytest.raises(SerializationError, match="cannot pickle '_thread.lock' object"):
+        blob_storage(tmp_path / "st").save("w", "lock", [Blob(b"a"), threading.Lock()])
+    monkeypatch.setitem(sys.modules, "cloudpickle", None)  # without cloudpickle: pickle's own error
+    with pytest.raises(SerializationError, match=r"node 'f' \(workflow 'w'\) cannot be serialised: "
+                                                 r"(PicklingError|AttributeError): "):
+        storage.save("w", "f", lambda: 1)
+    with pytest.raises(SerializationError, match=r"node 'g' \(workflow 'w'\) cannot be serialised: "):
+        blob_storage(tmp_path / "st").save("w", "g", [Blob(b"a"), lambda: 1])
+    assert sorted(os.listdir(tmp_path / "st" / "w")) == []  # nothing was written, no data left
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise ValueError("not today")
+
+
+def test_a_result_whose_pickling_raises_is_refused_and_nothing_is_left(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    with pytest.raises(SerializationError) as caught:
+        storage.save("w", "n", [Unpicklable()], fingerprint="f" * 32)
+    assert str(caught.value) == ("the result of node 'n' (workflow 'w') cannot be serialised: "
+                                 "ValueError: not today; nothing was written for it")
+    assert os.listdir(tmp_path / "st" / "w") == [".fffp"]
+    assert [e for e in os.listdir(tmp_path / "st" / "w" / ".fffp") if not e.startswith(".d-")] == []
+    with pytest.raises(SerializationError, match="ValueError: not today; nothing was written"):
+        blob_storage(tmp_path / "st").save("w", "m", [Blob(b"a"), Unpicklable()])
+    assert sorted(os.listdir(tmp_path / "st" / "w")) == [".fffp"]
+    assert fsstorage._in_progress == set() or all(not t.startswith(f"{os.getpid()}@") for t in fsstorage._in_progress)
+
+
+def test_a_write_that_fails_is_a_storage_error_and_leaves_no_temporary(tmp_path):
+    root = tmp_path / "st"
+    storage = blob_storage(root)
+    (root / "w" / "n.ffr" / "in-the-way").mkdir(parents=True)  # a folder where the result goes
+    with pytest.raises(StorageError) as caught:
+        storage.save("w", "n", {"x": Blob(b"abc")}, fingerprint="f" * 32)
+    assert str(caught.value).startswith(f"file storage {root}: saving node 'n' of workflow 'w' failed: ")
+    assert isinstance(caught.value.__cause__, OSError)
+    assert sorted(os.listdir(root / "w")) == [".fffp", "n.ffr"]  # no temporary, no data folder
+    with pytest.raises(StorageError, match="saving node 'm' of workflow 'w' failed"):
+        (root / "w" / "m.ffr" / "x").mkdir(parents=True)
+        storage.save("w", "m", 5)
+    assert sorted(os.listdir(root / "w")) == [".fffp", "m.ffr", "n.ffr"]
+
+
+def test_a_fingerprint_longer_than_a_header_holds_is_refused(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    storage.save("w", "ok", 1, fingerprint="x" * fsstorage._MAX_FP)
+    assert storage.list_fingerprints("w") == {"ok": "x" * 255}
+    with pytest.raises(StorageError) as caught:
+        storage.save("w", "long", 1, fingerprint="x" * 256)
+    assert str(caught.value) == f"file storage {tmp_path / 'st'}: the fingerprint of node 'long' is longer than 255 bytes"
+    with pytest.raises(StorageError, match="longer than 255 bytes"):
+        storage.save("w", "wide", 1, fingerprint="é" * 128)  # 256 bytes in UTF-8
+    assert storage.list_tasks("w") == ["ok"]
+
+
+def test_a_save_outside_a_run_marks_itself_only_when_an_index_may_be_misled(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    storage.save("w", "plain", 1)  # no fingerprint, no .fffp folder: nothing to mislead
+    assert sorted(os.listdir(tmp_path / "st" / "w")) == ["plain.ffr"]
+    storage.save("w", "fp", 2, fingerprint="a" * 32)
+    [done] = os.listdir(tmp_path / "st" / "w" / ".fffp")
+    assert done.startswith(".d-") and "~" in done and "@" not in done
+    storage.save("w", "plain2", 3)  # a .fffp folder exists now: marked too
+    assert len(os.listdir(tmp_path / "st" / "w" / ".fffp")) == 2
+    assert fsstorage._in_progress == set() or not any(t in done for t in fsstorage._in_progress)
+
+
+def test_saves_in_a_run_are_covered_by_its_marker_and_listed_with_their_fingerprints(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    run = storage.begin_run("w")
+    fpdir = tmp_path / "st" / "w" / ".fffp"
+    assert os.listdir(fpdir) == [f".w-{fsstorage._marker_name(run.tag)}"]
+    assert storage.list_fingerprints("w") == {}
+    storage.save("w", "a", 1, fingerprint="a" * 32)
+    storage.save("w", "b", 2)
+    assert os.listdir(fpdir) == [f".w-{fsstorage._marker_name(run.tag)}"]  # no marker of their own
+    assert run.saved == {"a": "a" * 32, "b": None}
+    assert storage.list_fingerprints("w") == {"a": "a" * 32, "b": None}
+    storage.end_run("w", run, ok=True)
+    assert os.listdir(fpdir) == [".index"]
+    blob = (fpdir / ".index").read_bytes()
+    body = pickle.dumps({"a": "a" * 32, "b": None}, protocol=5)
+    assert blob == struct.pack("<4sI", b"FFI1", zlib.crc32(body)) + body
+
+
+def test_results_without_a_fffp_folder_count_as_without_fingerprints(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    storage.save("w", "a", 1, fingerprint="a" * 32)
+    shutil.rmtree(tmp_path / "st" / "w" / ".fffp")  # as an earlier version left it
+    run = storage.begin_run("w")
+    assert run.forgotten is True and run.view is None and run.index is None and run.saved == {}
+    assert storage.list_fingerprints("w") == {"a": None}
+    storage.end_run("w", run, ok=True)
+    fresh = storage.begin_run("w")
+    assert fresh.forgotten is False
+    assert storage.list_fingerprints("w") == {"a": None}
+    storage.end_run("w", fresh, ok=True)
+
+
+def test_the_header_fingerprint_is_read_only_from_an_intact_header(tmp_path):
+    root = tmp_path / "st"
+    storage = FileStorage(str(root))
+    for name in ("good", "short", "flipped", "notutf8", "garbage", "tiny", "empty_fp"):
+        storage.save("w", name, name, fingerprint="c" * 32 if name != "empty_fp" else None)
+    folder = root / "w"
+    blob = (folder / "short.ffr").read_bytes()
+    (folder / "short.ffr").write_bytes(blob[:fsstorage._HEADER.size + 5])  # the fingerprint cut
+    blob = bytearray((folder / "flipped.ffr").read_bytes())
+    blob[fsstorage._HEADER.size + 3] ^= 1
+    (folder / "flipped.ffr").write_bytes(bytes(blob))
+    payload = pickle.dumps("notutf8", protocol=5)
+    (folder / "notutf8.ffr").write_bytes(expected_header(payload, b"", b"\xff\xfe") + payload)
+    (folder / "garbage.ffr").write_bytes(b"XXXX" + bytes(40))
+    (folder / "tiny.ffr").write_bytes(b"FFR3" + bytes(5))
+    assert storage.list_fingerprints("w") == {"empty_fp": None, "flipped": None, "garbage": None, "good": "c" * 32,
+                                              "notutf8": None, "short": None, "tiny": None}
+    assert storage._header_fingerprint("w", "missing", {}) is None
+
+
+def test_old_results_take_their_fingerprint_from_exactly_one_marker(tmp_path):
+    root = tmp_path / "st"
+    storage = FileStorage(str(root))
+    storage.save("w", "one", 1, fingerprint="a" * 32)
+    storage.save("w", "two", 2, fingerprint="b" * 32)
+    storage.save("w", "none", 3, fingerprint="c" * 32)
+    for name, magic in (("one", b"FFR2"), ("two", b"FFR1"), ("none", b"FFR2")):
+        payload = pickle.dumps(name, protocol=5)
+        if magic == b"FFR2":
+            blob = struct.pack("<4sQIH", magic, len(payload), zlib.crc32(payload, zlib.crc32(b"")), 0) + payload
+        else:
+            blob = struct.pack("<4sQI", magic, len(payload), zlib.crc32(payload)) + payload
+        (root / "w" / f"{name}.ffr").write_bytes(blob)
+    fpdir = root / "w" / ".fffp"
+    (fpdir / ("one@" + "1" * 32)).touch()
+    (fpdir / ("two@" + "2" * 32)).touch()
+    (fpdir / ("two@" + "3" * 32)).touch()  # two markers: ambiguous
+    assert storage.list_fingerprints("w") == {"one": "1" * 32, "two": None, "none": None}
+    assert storage.read_task("w", "one") == "one" and storage.read_task("w", "two") == "two"
+    assert storage.read_task_checked("w", "one", "9" * 32) == "one"  # nothing in the header to compare
+    assert storage.data_path("w", "one") is None and storage.data_path("w", "two") == f"{root}/w/two.ffd"
+    assert storage.remove_task("w", task_name="two") == ["two"]
+    assert sorted(os.listdir(fpdir))[-1] == "one@" + "1" * 32 and not any(e.startswith("two@") for e in os.listdir(fpdir))

@@ -104,6 +104,9 @@ CFG
 cd "$work"
 export RAY_AUTH_MODE=disabled
 export FF_PROPERTY_SCALE="${FF_PROPERTY_SCALE:-0.2}"  # the properties run once per mutant
+# Dask's threaded scheduler keeps a process-wide pool whose threads a forked mutant does not have:
+# its computes would wait forever, and count as killed (timeout). Dask arrays compute in place here.
+export DASK_SCHEDULER=synchronous
 mutmut run ${JOBS:+--max-children "$JOBS"} >"$work/mutmut-run.log" 2>&1 || { tail -30 "$work/mutmut-run.log"; exit 1; }
 mutmut results --all true >"$work/results.txt" 2>&1 || true
 python - "$work/results.txt" "${modules[@]}" <<'PY'
