@@ -1203,3 +1203,59 @@ def test_a_save_outside_a_run_after_its_folder_was_removed_on_a_filesystem_with_
     shutil.rmtree(tmp_path / "st" / "w")
     storage.save("w", "b", 2)  # as test_storage_folder_removed_between_runs_in_one_process does locally
     assert storage.read_task("w", "b") == 2
+
+
+def test_a_host_name_with_dashes_is_told_from_the_random_part(monkeypatch):
+    monkeypatch.setattr(fsstorage, "_HOST", "build-box-1")
+    pid = dead_pid()
+    assert fsstorage.writer_alive(f"{pid}@build-box-1-0123456789abcdef") is False
+    assert fsstorage.writer_alive(f"{pid}@build-box-0123456789abcdef") is True  # host "build-box": another one
+
+
+def test_looking_whether_a_writer_is_alive_leaves_it_alone():
+    """The look is signal 0: a live writer must not be hurt by it (any other signal ends a plain process)."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); print('still here')"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert fsstorage.writer_alive(f"{child.pid}@{fsstorage._HOST}-0123456789abcdef") is True
+        out, _ = child.communicate("go\n", timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(60)
+    assert out.strip() == "still here" and child.returncode == 0
+
+
+def test_a_zombie_whose_name_holds_a_parenthesis_is_still_a_zombie():
+    # the process name sits in parentheses in /proc/<pid>/stat and may hold ") R (" itself
+    script = "import ctypes; ctypes.CDLL(None).prctl(15, b'ff) R (x', 0, 0, 0)"
+    process = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with open(f"/proc/{process.pid}/stat", "rb") as handle:
+                if handle.read().rsplit(b")", 1)[-1].split()[0] == b"Z":
+                    break
+            assert time.monotonic() < deadline, "the child never exited"
+            time.sleep(0.01)
+        with open(f"/proc/{process.pid}/comm", "rb") as handle:
+            assert handle.read().strip() == b"ff) R (x"
+        assert fsstorage.writer_alive(f"{process.pid}@{fsstorage._HOST}-0123456789abcdef") is False
+    finally:
+        process.wait(60)
+
+
+def test_data_path_refuses_names_that_are_not_storage_keys(tmp_path):
+    from functionfuse.errors import InvalidNameError
+
+    storage = FileStorage(str(tmp_path / "st"))
+    for workflow_name, task_name in (("w", ".."), ("w", "a/b"), ("..", "n"), ("w", "")):
+        with pytest.raises(InvalidNameError):
+            storage.data_path(workflow_name, task_name)
+
+
+def test_touch_on_s3_puts_an_empty_object(moto):
+    bucket = moto.new_bucket()
+    storage = s3(moto, f"{bucket}/t")
+    storage._touch(f"{bucket}/t/mark")
+    assert moto.client().get_object(Bucket=bucket, Key="t/mark")["Body"].read() == b""
