@@ -663,6 +663,12 @@ def test_the_header_fingerprint_is_read_only_from_an_intact_header(tmp_path):
     assert storage.list_fingerprints("w") == {"empty_fp": None, "flipped": None, "garbage": None, "good": "c" * 32,
                                               "notutf8": None, "short": None, "tiny": None}
     assert storage._header_fingerprint("w", "missing", {}) is None
+    # the header can be read alone: a result cut right after it still tells its fingerprint
+    blob = (folder / "good.ffr").read_bytes()
+    (folder / "good.ffr").write_bytes(blob[:fsstorage._HEADER.size + 32])
+    assert storage._header_fingerprint("w", "good", {}) == "c" * 32
+    (folder / "good.ffr").write_bytes(blob[:fsstorage._HEADER.size + 31])
+    assert storage._header_fingerprint("w", "good", {}) is None
 
 
 def test_old_results_take_their_fingerprint_from_exactly_one_marker(tmp_path):
@@ -772,8 +778,15 @@ def test_an_ffr2_result_names_its_data_folder(tmp_path):
     assert storage.data_path("w", "bad") is None
     (folder / "bad3.ffr").write_bytes(b"FFR3\x00")
     assert storage.data_path("w", "bad3") is None
-    (folder / "other.ffr").write_bytes(b"PK\x03\x04" + bytes(40))
+    (folder / "other.ffr").write_bytes(b"PK\x03\x04" + bytes(range(1, 60)))
     assert storage.data_path("w", "other") is None
+    # a data id that is not UTF-8 (a damaged header): stale data is still cleaned up around it
+    payload = pickle.dumps(1, protocol=5)
+    (folder / "odd.ffr").write_bytes(expected_header(payload, b"\xff\xfe", b"") + payload)
+    assert storage.data_path("w", "odd") == f"{folder}/odd.ffd/\ufffd\ufffd"
+    dead = f"{dead_pid()}@{fsstorage._HOST}-00000000aa000004"
+    (folder / "odd.ffd" / dead).mkdir(parents=True)
+    assert storage.remove_stale_temporaries("w") == [f"{folder}/odd.ffd/{dead}"]
 
 
 # ---------------------------------------------------------------------------
