@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple
 
 from . import graph
-from .context import RunContext
+from .context import COMPUTED, FAILED, STORED, RunContext
 from .errors import (
     DuplicateNameError,
     NodeExecutionError,
@@ -460,10 +460,21 @@ class Run:
             )
         else:
             self.worker_hooks = None
-        #: a plain run: no storage and no per-node hook, so a backend may take its shortest path
-        self.plain = (
-            storage is None and self.worker_hooks is None and self.before_node is None and self.after_node is None
-        )
+
+    @property
+    def reports_nodes(self) -> bool:
+        """Whether the backend must report every computed node's ``info`` (:meth:`finished`).
+
+        True when a plugin implements ``ff_after_node`` or keeps ``context.outcomes`` (set in
+        ``ff_before_run``, so ask after it: in ``_submit_and_collect``).
+        """
+        return self.after_node is not None or self.context.outcomes is not None
+
+    @property
+    def plain(self) -> bool:
+        """No storage, no per-node hook, no node outcomes kept: a backend may take its shortest path."""
+        return (self.workflow.storage is None and self.worker_hooks is None and self.before_node is None
+                and not self.reports_nodes)
 
     # -- the envelope ---------------------------------------------------------------
     def envelope(self, submit_and_collect: Any, options: dict) -> Any:
@@ -514,12 +525,15 @@ class Run:
             for node in self.workflow.nodes:
                 yield node, COMPUTE
             return
+        outcomes = context.outcomes
         for node in self.workflow.nodes:
             if node in to_compute:
                 yield node, COMPUTE
                 continue
             if node in to_read:
                 yield node, READ
+            if outcomes is not None:
+                outcomes[node.name] = {"outcome": STORED}
             if restored is not None:
                 restored(node=node, context=context)
 
@@ -618,6 +632,9 @@ class Run:
             call = self._policy_calls.pop(node, None)
             if call is not None and call.attempts is not None:
                 info["attempts"] = call.attempts
+        outcomes = self.context.outcomes
+        if outcomes is not None:
+            outcomes[node.name] = {**info, "outcome": COMPUTED}
         if self.after_node is not None:
             self.plugins.call("ff_after_node", node, node=node, result=value, context=self.context, info=info)
 
@@ -634,6 +651,9 @@ class Run:
         else:
             error = NodeExecutionError(node.name, self.workflow.workflow_name, exc, detail)
             error.__cause__ = exc
+        outcomes = self.context.outcomes
+        if outcomes is not None:
+            outcomes[node.name] = {**(info or {}), "outcome": FAILED, "error": f"{type(exc).__name__}: {exc}"}
         if self.node_error is not None:
             try:
                 self.plugins.call("ff_node_error", node, node=node, error=exc, context=self.context, info=info or {})

@@ -6,7 +6,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunContext"]
+__all__ = ["COMPUTED", "FAILED", "NOT_REACHED", "OUTCOMES", "STORED", "RunContext"]
+
+COMPUTED = "computed"
+STORED = "stored"  # read back from storage, or not needed: its stored result applies
+FAILED = "failed"
+NOT_REACHED = "not reached"
+#: every outcome a node can have, in the order tables show them
+OUTCOMES = (COMPUTED, STORED, FAILED, NOT_REACHED)
 
 
 @dataclass
@@ -21,6 +28,12 @@ class RunContext:
     :ivar pm: the run's pluggy manager; ``plugins`` is its façade.
     :ivar run_id: this run's id.
     :ivar state: a dict where plugins keep per-run state, keyed by their name.
+    :ivar outcomes: ``None``, or a dict a plugin puts here in ``ff_before_run`` (the run record
+        does): then the core fills it, on every backend, with what happened to each node, keyed by
+        name: the ``info`` of ``ff_after_node`` / ``ff_node_error`` plus ``"outcome"``
+        (:data:`COMPUTED`, :data:`STORED`, :data:`FAILED`) and, for a failure, ``"error"``. A node
+        not in it was not reached. It costs a dict entry per node, not a hook call; backends
+        report every node's ``info`` while it is set (``Run.reports_nodes``).
 
     In a worker, hooks get a :class:`functionfuse.nodecall.WorkerContext` instead
     (``workflow_name``, ``run_id``, ``backend_name``, ``storage``, ``state``).
@@ -37,6 +50,7 @@ class RunContext:
     plan: Any = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     state: dict = field(default_factory=dict)
+    outcomes: dict | None = None
 
     @property
     def backend_name(self) -> str:

@@ -52,6 +52,10 @@ ARGS_NESTED = 2  # anything else: nested in containers, or keyword arguments
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _MAX_NAME_BYTES = 200
+# the argument positions of top-level dependencies (Node.slots), one tuple per pattern
+_slot_patterns: dict[tuple, tuple] = {}
+#: ``Node.kwargs`` of every node called without keywords (never changed)
+_NO_KWARGS: dict = {}
 
 
 def validate_name(name: Any, what: str = "node") -> str:
@@ -62,6 +66,8 @@ def validate_name(name: Any, what: str = "node") -> str:
     ``.ff-tmp-*`` temporaries, ``.ffmeta``), names that are not valid Unicode
     (a lone surrogate cannot become a file name), and names longer than 200 bytes.
     """
+    if name in _valid_names and name.__class__ is str:  # checked before (every save checks its names)
+        return name
     if not isinstance(name, str):
         raise InvalidNameError(f"{what} name must be a string, got {type(name).__name__} {name!r}")
     if name in ("", ".", ".."):
@@ -83,7 +89,16 @@ def validate_name(name: Any, what: str = "node") -> str:
         ) from None
     if size > _MAX_NAME_BYTES:
         raise InvalidNameError(f"{what} name {name[:40]!r}... is longer than {_MAX_NAME_BYTES} bytes")
+    if len(_valid_names) >= _VALID_NAMES_KEPT:
+        _valid_names.clear()
+    if name.__class__ is str:  # a str subclass may compare equal to a name it does not behave like
+        _valid_names.add(name)
     return name
+
+
+# Names that passed validate_name (whatever ``what`` was: the rules are the same), bounded.
+_valid_names: set[str] = set()
+_VALID_NAMES_KEPT = 1 << 17
 
 
 _INTERNAL_MODULES = ("functionfuse", "plugins_builtin", "pluggy", "contrib")
@@ -305,7 +320,8 @@ class Node:
     """
 
     __slots__ = (
-        "func", "args", "kwargs", "parents", "_kids", "seq", "argmode", "slots", "_name", "_number", "__weakref__",
+        "func", "args", "kwargs", "_parents", "_kids", "_more_kids", "seq", "argmode", "slots", "_name", "_number",
+        "__weakref__",
     )
 
     kind = "call"
@@ -313,13 +329,16 @@ class Node:
     def __init__(self, func: Callable, qualname: str, args: tuple, kwargs: dict, extra_parents: tuple = ()):
         self.func = func
         self.args = args
-        self.kwargs = kwargs
+        # no keywords: one shared empty dict (each new one counts towards the GC's next collection)
+        self.kwargs = kwargs if kwargs else _NO_KWARGS
         self.seq = next(_creation_counter)
         # numbered from 0 per function, as the original numbered them, so its storage resumes
         number = self._number = _name_counters.get(qualname, 0)
         _name_counters[qualname] = number + 1
         self._name = None
-        self._kids = None  # the children: None, one node, or a list (fewer objects for the GC)
+        # The children, without a list per node (one object less for the GC to scan): the first in
+        # _kids, the second in _more_kids, and from the third on _more_kids is a list of all but the first.
+        self._kids = self._more_kids = None
         # The hot path of building: one pass over the arguments, then link parents and children.
         parents = list(extra_parents) if extra_parents else []
         mode = 0  # ARGS_NONE; ARGS_TOP = 1 and ARGS_NESTED = 2 as in resolve_args
@@ -343,7 +362,12 @@ class Node:
                 continue
             mode |= 1
             slots.append(position)
-        self.slots = tuple(slots) if slots else ()
+        if slots:
+            slots = tuple(slots)
+            # one tuple per pattern, shared: a tuple per node is one more object for the GC to count
+            self.slots = _slot_patterns.setdefault(slots, slots) if len(slots) <= 4 else slots
+        else:
+            self.slots = ()
         if kwargs:
             for a in kwargs.values():
                 kind = kinds.get(a.__class__)
@@ -362,18 +386,22 @@ class Node:
         self.argmode = 2 if mode > 2 else mode
         count = len(parents)
         if not count:
-            self.parents = ()
+            self._parents = ()
             return
         if count == 1:
             parent = parents[0]
-            self.parents = args if mode == 1 and len(args) == 1 and args[0] is parent else (parent,)
-            kids = parent._kids
-            if kids is None:
+            # one parent: the node itself, not a tuple of it (one object less per node for the GC)
+            self._parents = args if mode == 1 and len(args) == 1 and args[0] is parent else parent
+            if parent._kids is None:
                 parent._kids = self
-            elif kids.__class__ is list:
-                kids.append(self)
             else:
-                parent._kids = [kids, self]
+                more = parent._more_kids
+                if more is None:
+                    parent._more_kids = self
+                elif more.__class__ is list:
+                    more.append(self)
+                else:
+                    parent._more_kids = [more, self]
             return
         if count == 2:
             first, second = parents
@@ -382,29 +410,47 @@ class Node:
             parents = tuple(dict.fromkeys(parents))
         if mode == 1 and len(parents) == len(args) and parents == args and not extra_parents:
             parents = args  # every argument is a distinct whole node: share the tuple (fewer objects for the GC)
-        self.parents = parents
+        self._parents = parents
         for p in parents:
-            kids = p._kids
-            if kids is None:
+            if p._kids is None:
                 p._kids = self
-            elif kids.__class__ is list:
-                kids.append(self)
             else:
-                p._kids = [kids, self]
+                more = p._more_kids
+                if more is None:
+                    p._more_kids = self
+                elif more.__class__ is list:
+                    more.append(self)
+                else:
+                    p._more_kids = [more, self]
+
+    @property
+    def parents(self) -> tuple:
+        """The distinct nodes this node takes values from, in argument order."""
+        parents = self._parents
+        return parents if parents.__class__ is tuple else (parents,)
+
+    @parents.setter
+    def parents(self, parents: tuple) -> None:
+        self._parents = tuple(parents)
 
     @property
     def children(self) -> list:
-        """The nodes that take this node's value, in creation order (a new list when there is one or none)."""
-        kids = self._kids
-        if kids is None:
+        """The nodes that take this node's value, in creation order (a new list)."""
+        first = self._kids
+        if first is None:
             return []
-        return kids if kids.__class__ is list else [kids]
+        more = self._more_kids
+        if more is None:
+            return [first]
+        return [first, *more] if more.__class__ is list else [first, more]
 
     @property
     def last_child(self) -> Node | None:
         """The most recently created node that takes this node's value (``None`` if there is none)."""
-        kids = self._kids
-        return kids[-1] if kids.__class__ is list else kids
+        more = self._more_kids
+        if more is None:
+            return self._kids
+        return more[-1] if more.__class__ is list else more
 
     # -- naming -----------------------------------------------------------
     @property

@@ -43,32 +43,62 @@ def closure(leaves: Iterable[Node]) -> list[Node]:
     ancestors: set[Node] = set()
     add = ancestors.add
     stack = list(leaves)
-    pop, extend = stack.pop, stack.extend
+    pop, extend, push = stack.pop, stack.extend, stack.append
     while stack:
         node = pop()
         if node not in ancestors:
             add(node)
-            extend(node.parents)
-    # 2. every descendant of their roots (a superset of the ancestors: each descends from a root)
-    stack = [node for node in ancestors if not node.parents]
-    members: set[Node] = set(stack)
+            parents = node._parents  # a tuple, or the one parent itself (see Node.parents)
+            if parents.__class__ is tuple:
+                extend(parents)
+            else:
+                push(parents)
+    # 2. every descendant of their roots: the ancestors closed under "children of" (each
+    #    ancestor descends from a root, and a root is an ancestor), so grow the set in place
+    members = ancestors
     add = members.add
-    pop, append = stack.pop, stack.append
-    while stack:
-        kids = pop()._kids  # None, one node, or a list (see Node.children)
-        if kids is None:
+    stack: list = []
+    append = stack.append
+    for node in list(members):
+        first = node._kids  # the children without building a list (see Node.__init__)
+        if first is None:
             continue
-        if kids.__class__ is not list:
-            if kids not in members:
-                add(kids)
-                append(kids)
+        if first not in members:
+            add(first)
+            append(first)
+        more = node._more_kids
+        if more is None:
             continue
-        for child in kids:
+        if more.__class__ is not list:
+            if more not in members:
+                add(more)
+                append(more)
+            continue
+        for child in more:
             if child not in members:
                 add(child)
                 append(child)
+    grown = list(stack)
+    pop = stack.pop
+    while stack:
+        node = pop()
+        first = node._kids
+        if first is None:
+            continue
+        if first not in members:
+            add(first)
+            append(first)
+            grown.append(first)
+        more = node._more_kids
+        if more is None:
+            continue
+        for child in more if more.__class__ is list else (more,):
+            if child not in members:
+                add(child)
+                append(child)
+                grown.append(child)
     # 3. closed under "parents of": a descendant may also take a node from outside
-    stack = [p for node in members - ancestors for p in node.parents if p not in members]
+    stack = [p for node in grown for p in node.parents if p not in members]
     pop, extend = stack.pop, stack.extend
     while stack:
         node = pop()

@@ -35,6 +35,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from .context import COMPUTED
 from .frontend import ARGS_NONE, ARGS_TOP, Ref, resolve_args
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -52,6 +53,7 @@ __all__ = [
     "WorkerHooks",
     "run_node_call",
     "run_plain_in_process",
+    "run_stored_in_process",
     "make_template",
     "prepare_callables",
     "node_error_name",
@@ -455,15 +457,97 @@ def run_plain_in_process(nodes: list, keep: set, fail: Callable[[Any, BaseExcept
             else:
                 args, kwargs = resolve_args(node, results)
                 value = func(*args, **kwargs)
-        except BaseException as exc:
+        except Exception as exc:
             _tag(exc, node.name)
             fail(node, exc)
             raise  # ``fail`` raises the run's error; never go on without a value
+        except BaseException as exc:  # Ctrl-C, SystemExit: not the node's failure, raised as it is
+            _tag(exc, node.name)
+            raise
         results[node] = value
-        for parent in node.parents:
-            kids = parent._kids
-            if (kids[-1] if kids.__class__ is list else kids) is node and parent not in keep:
+        parents = node._parents
+        for parent in parents if parents.__class__ is tuple else (parents,):
+            last = parent._more_kids  # Node.last_child, inline
+            if last is None:
+                last = parent._kids
+            elif last.__class__ is list:
+                last = last[-1]
+            if last is node and parent not in keep:
                 del results[parent]
+    return results
+
+
+def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
+    """Run a stored run's ``steps`` (``(node, COMPUTE or READ)``, run order) in this process.
+
+    For a run with storage whose node calls need nothing but the built-ins: no
+    ``ff_execute_node`` / ``ff_storage_save`` / ``ff_storage_read`` wrapper, no
+    ``ff_before_node`` / ``ff_after_node`` hook, no node plugin, retry or time
+    limit. Then a node call is what :func:`run_node_call` does without them, and
+    this loop does it without building a :class:`NodeCall` per node: put the
+    parents' values into the arguments, call, save the result with its
+    fingerprint (read back when ``always_read`` asks), tag a failure with the
+    node's name (``run.fail`` raises the run's error), and note the outcome in
+    ``run.context.outcomes``. A result is released once no later node needs it.
+    """
+    workflow = run.workflow
+    storage = workflow.storage
+    workflow_name = workflow.workflow_name
+    plan = run.resume()
+    fps = plan.fingerprints if run.keeps_fingerprints else None
+    stored, sources, always_read = plan.stored, plan.sources, plan.always_read
+    checked = getattr(storage, "read_task_checked", None) if fps else None
+    save, read = storage.save, storage.read_task
+    outcomes = run.context.outcomes
+    worker, host = worker_location()
+    remaining = run.consumers()
+    results: dict = {}
+    now, clock = time.time, time.perf_counter
+    for node, action in steps:
+        name = node.name
+        if action == READ:
+            source = sources.get(node, name)
+            fp = fps.get(node) if fps else None
+            try:  # the stored result must still be the call the run planned to read
+                results[node] = read(workflow_name, source) if checked is None or fp is None else \
+                    checked(workflow_name, source, fp)
+            except Exception as exc:
+                _tag(exc, source)
+                run.fail(node, exc)
+            continue
+        start = now()
+        began = clock()
+        try:
+            args, kwargs = resolve_args(node, results)
+            value = node.func(*args, **kwargs) if kwargs else node.func(*args)
+            duration = clock() - began
+            if node.kind != OBJECT and sources.get(node) != name:  # Run.saves: not a replayed, still-stored call
+                if fps is not None:
+                    save(workflow_name, name, value, fingerprint=fps.get(node), replaces=stored.get(name))
+                else:
+                    save(workflow_name, name, value)
+                if always_read:
+                    value = read(workflow_name, name) if checked is None else \
+                        checked(workflow_name, name, fps.get(node))
+        except Exception as exc:
+            _tag(exc, name)
+            elapsed = clock() - began
+            run.fail(node, exc, {"start": start, "duration": elapsed, "worker": worker, "host": host})
+            raise  # ``fail`` raises the run's error; never go on without a value
+        except BaseException as exc:  # Ctrl-C, SystemExit: not the node's failure, raised as it is
+            _tag(exc, name)
+            raise
+        results[node] = value
+        if outcomes is not None:
+            outcomes[name] = {"start": start, "duration": duration, "worker": worker, "host": host,
+                              "outcome": COMPUTED}
+        for parent in node.parents:  # release what no later node needs
+            left = remaining[parent] - 1
+            if left:
+                remaining[parent] = left
+            elif parent not in keep:
+                del remaining[parent]
+                results.pop(parent, None)
     return results
 
 

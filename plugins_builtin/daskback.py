@@ -243,7 +243,7 @@ class _Session:
         self.workflow = workflow
         self.run = run
         self.client = client
-        self.record = run.after_node is not None
+        self.record = run.reports_nodes
         self.suffix = run.context.run_id
         self.futures: dict = {}  # node -> future of its (record, value) pair
         self.keys: dict = {}  # task key -> node
@@ -408,7 +408,7 @@ class _Session:
                 exc = future.exception()
                 if isinstance(exc, KilledWorker) and exc.task == future.key:
                     node = self.watched_nodes[future.key]
-                    if self.run.after_node is not None:
+                    if self.run.reports_nodes:
                         self.run.finished(node, None, {"worker": None, "host": None})
                     continue
             kept.append(future)

@@ -705,8 +705,9 @@ class FileStorage(Storage):
         if folder not in self._made:
             self._ensure_dir(folder)
         data_id = writer_tag()
-        with _in_progress_lock:
-            _in_progress.add(data_id)  # its temporary (and data) are never removed as stale meanwhile
+        # its temporary (and data) are never removed as stale meanwhile (set.add/discard/in are atomic
+        # under the GIL: no lock on the hot path)
+        _in_progress.add(data_id)
         wrote_data = False
         data_dir = ""
         try:
@@ -750,8 +751,7 @@ class FileStorage(Storage):
                 self._remove_if_empty(self._data_dir(workflow_name, task_name))
             raise
         finally:
-            with _in_progress_lock:
-                _in_progress.discard(data_id)
+            _in_progress.discard(data_id)
         if wrote_data:
             # Committed: earlier versions of this node's data are garbage now (unless a live writer owns them).
             self._remove_stale_data(workflow_name, task_name, keep=data_id)

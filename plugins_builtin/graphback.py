@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import html
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from functionfuse.errors import GraphvizNotFoundError, InvalidOptionError, MissingExtraError, RunRecordNotFoundError
@@ -318,7 +318,7 @@ class GraphWorkflow(Workflow):
         if not isinstance(format, str) or not format:
             raise InvalidOptionError(f"GraphWorkflow({workflow_name!r}): format must be a name like 'svg', got {format!r}")
         if run_record is not None and not isinstance(run_record.get("nodes") if isinstance(run_record, dict) else None,
-                                                     dict):
+                                                     Mapping):
             raise InvalidOptionError(
                 f"GraphWorkflow({workflow_name!r}): run_record must be a run record dict with a 'nodes' table"
             )

@@ -1,9 +1,13 @@
 """The ``local`` backend: runs a workflow serially, in this process.
 
 Each node runs through :func:`functionfuse.nodecall.run_node_call`, with the
-run's results dict as its values. A result is released as soon as the last
-node that takes it has run (leaves and ``always_read`` copies aside), so a
-chain of large arrays holds two at a time.
+run's results dict as its values. When only the built-ins act per node (no
+per-node hook, node plugin, retry or time limit) the backend hands the run to
+the core's in-process loops instead, which do the same without a NodeCall per
+node: :func:`~functionfuse.nodecall.run_plain_in_process` without storage,
+:func:`~functionfuse.nodecall.run_stored_in_process` with it. A result is
+released as soon as the last node that takes it has run (leaves and
+``always_read`` copies aside), so a chain of large arrays holds two at a time.
 """
 
 from __future__ import annotations
@@ -12,8 +16,9 @@ from time import perf_counter, time
 from typing import Any
 
 from functionfuse.base import READ, Run, Workflow, info_of
+from functionfuse.context import COMPUTED
 from functionfuse.markers import hookimpl
-from functionfuse.nodecall import run_node_call, run_plain_in_process, worker_location
+from functionfuse.nodecall import run_node_call, run_plain_in_process, run_stored_in_process, worker_location
 
 __all__ = ["LocalWorkflow"]
 
@@ -29,15 +34,22 @@ class LocalWorkflow(Workflow):
     backend_name = "local"
 
     def _submit_and_collect(self, run: Run) -> list:
-        if run.plain and not self.node_attrs and not run.prepares_every_node:
-            return self._run_plain(run)
+        if not self.node_attrs and not run.prepares_every_node:
+            if run.plain:
+                return self._run_plain(run)
+            if self.storage is not None and run.worker_hooks is None and run.before_node is None \
+                    and run.after_node is None:  # only the built-ins per node: the core's loop without NodeCalls
+                results = run_stored_in_process(run, run.steps(), set(self.leaves))
+                return [results[leaf] for leaf in self.leaves]
         results: dict = {}
         remaining = run.consumers()
         steps = run.steps()
         keep = set(self.leaves)
         node_call = run.node_call
         started = run.started if run.before_node is not None else None
-        finished = run.finished if run.after_node is not None else None
+        # the hook (and attempts of nodes with a policy) through run.finished; outcomes alone here
+        finished = run.finished if run.after_node is not None or self.node_attrs else None
+        outcomes = run.context.outcomes if finished is None else None
         worker, host = worker_location()
         for node, action in steps:
             call, _ = node_call(node, action, in_process=True)
@@ -58,6 +70,9 @@ class LocalWorkflow(Workflow):
             results[node] = value
             if finished is not None:
                 finished(node, value, info_of(start, duration, worker, host))
+            elif outcomes is not None:
+                outcomes[node.name] = {"start": start, "duration": duration, "worker": worker, "host": host,
+                                       "outcome": COMPUTED}
             # release what no later node needs
             for parent in node.parents if action is not READ else ():
                 left = remaining[parent] - 1

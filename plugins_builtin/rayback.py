@@ -235,7 +235,7 @@ class RayWorkflow(Workflow):
         import ray
 
         attrs = self.node_attrs
-        watch_all = bool(max_pending) or run.after_node is not None
+        watch_all = bool(max_pending) or run.reports_nodes
         refs: dict = {}  # node -> ObjectRef of its value
         actors: dict = {}  # object node -> actor handle
         watched: dict = {}  # ObjectRef of a node's run record -> node
@@ -336,7 +336,7 @@ class RayWorkflow(Workflow):
             records = None
         if records is None:
             self._raise_first_failure(ray, run, ready, watched, metas)
-        if run.after_node is not None:
+        if run.reports_nodes:
             for ref, record in zip(ready, records):
                 run.finished(watched[ref], None, _info(record))
         return pending

@@ -142,7 +142,7 @@ class KFPWorkflow(Workflow):
                 run.started(node)
 
         # every node's value when ff_after_node wants them, else the leaves'; an object's as its last call left it
-        returned = [n for n, *_ in tasks_spec] if local and run.after_node is not None else self.leaves
+        returned = [n for n, *_ in tasks_spec] if local and run.reports_nodes else self.leaves
         outputs = {node: (f"node_{i}", *state.get(node, (node, "value"))) for i, node in enumerate(returned)}
         task_names: dict = {}
         # Locally, nodes pickled by reference (helpers of a test module, a script's package) import in the component.
@@ -238,7 +238,7 @@ class KFPWorkflow(Workflow):
             for node, name in outputs.items():
                 with open(task.outputs[name].path, "rb") as handle:
                     values[node] = cloudpickle.load(handle)
-            if run.after_node is not None:
+            if run.reports_nodes:
                 for index, (node, action) in enumerate(steps):
                     if action == COMPUTE:
                         run.finished(node, values[node], _report(report_dir, index))
