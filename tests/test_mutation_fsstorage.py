@@ -1273,3 +1273,31 @@ def test_touch_on_s3_puts_an_empty_object(moto):
     storage = s3(moto, f"{bucket}/t")
     storage._touch(f"{bucket}/t/mark")
     assert moto.client().get_object(Bucket=bucket, Key="t/mark")["Body"].read() == b""
+
+
+def test_s3_options_that_s3fs_refuses_are_named_and_no_s3fs_option_is_fine():
+    with pytest.raises(InvalidOptionError) as caught:
+        fsstorage.s3_storage({"path": "bucket/x", "s3fs": {"max_paths": "many"}, "check": False})
+    assert str(caught.value).startswith('storage kind "S3": bad "s3fs" options: ')
+    assert isinstance(caught.value.__cause__, TypeError)
+    plain = fsstorage.s3_storage({"path": "bucket/x", "check": False})  # nothing contacted
+    assert plain.fs.config_kwargs["connect_timeout"] == 5.0 and plain.fs.dircache.use_listings_cache is False
+
+
+def test_a_checked_read_names_both_fingerprints_shortened(tmp_path):
+    root = tmp_path / "st"
+    storage = FileStorage(str(root))
+    storage.save("w", "n", 1, fingerprint="0123456789abcdef" * 2)
+    with pytest.raises(CorruptResultError) as caught:
+        storage.read_task_checked("w", "n", "fedcba9876543210" * 2)
+    assert str(caught.value) == (
+        f"file storage {root}: stored result of node 'n' (workflow 'w') has fingerprint '0123456789abcdef', not the "
+        "'fedcba9876543210' this run planned to read: it was replaced after the run looked at the storage; "
+        "run again to recompute it")
+    storage.save("w", "bare", 2)  # saved without a fingerprint: never the one a run planned to read
+    with pytest.raises(CorruptResultError, match=r"has fingerprint '', not the 'ab'"):
+        storage.read_task_checked("w", "bare", "ab")
+    blob_storage(root).save("w", "data", Blob(b"x"), fingerprint="d" * 32)  # the data id is not the fingerprint
+    assert blob_storage(root).read_task_checked("w", "data", "d" * 32) == Blob(b"x")
+    with pytest.raises(CorruptResultError, match="has fingerprint 'dddddddddddddddd', not the 'eeee"):
+        blob_storage(root).read_task_checked("w", "data", "e" * 32)
