@@ -1228,9 +1228,12 @@ def test_a_host_name_with_dashes_is_told_from_the_random_part(monkeypatch):
 
 def test_looking_whether_a_writer_is_alive_leaves_it_alone():
     """The look is signal 0: a live writer must not be hurt by it (any other signal ends a plain process)."""
-    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.readline(); print('still here')"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    # SIGHUP ends it (whatever this process inherited, e.g. under nohup); it says so before the look
+    script = ("import signal, sys; signal.signal(signal.SIGHUP, signal.SIG_DFL); print('ready', flush=True); "
+              "sys.stdin.readline(); print('still here')")
+    child = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline().strip() == "ready"
         assert fsstorage.writer_alive(f"{child.pid}@{fsstorage._HOST}-0123456789abcdef") is True
         out, _ = child.communicate("go\n", timeout=60)
     finally:
@@ -1301,3 +1304,16 @@ def test_a_checked_read_names_both_fingerprints_shortened(tmp_path):
     assert blob_storage(root).read_task_checked("w", "data", "d" * 32) == Blob(b"x")
     with pytest.raises(CorruptResultError, match="has fingerprint 'dddddddddddddddd', not the 'eeee"):
         blob_storage(root).read_task_checked("w", "data", "e" * 32)
+
+
+def test_after_a_fork_the_tags_get_a_new_random_part_and_count_from_zero():
+    saved = list(fsstorage._tag_state)
+    before = fsstorage.writer_tag()
+    try:
+        fsstorage._new_tag_state()  # what a forked child runs first (os.register_at_fork)
+        first, second = fsstorage.writer_tag(), fsstorage.writer_tag()
+    finally:
+        fsstorage._tag_state[:] = saved
+    pattern = rf"{os.getpid()}@{re.escape(fsstorage._HOST)}-[0-9a-f]{{10}}"
+    assert re.fullmatch(pattern + "000000", first) and re.fullmatch(pattern + "000001", second), (first, second)
+    assert first[:-6] != before[:-6]
