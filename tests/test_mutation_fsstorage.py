@@ -788,6 +788,13 @@ def test_an_ffr2_result_names_its_data_folder(tmp_path):
     dead = f"{dead_pid()}@{fsstorage._HOST}-00000000aa000004"
     (folder / "odd.ffd" / dead).mkdir(parents=True)
     assert storage.remove_stale_temporaries("w") == [f"{folder}/odd.ffd/{dead}"]
+    with pytest.raises(CorruptResultError) as caught:  # but never read from a guessed path
+        storage.read_task("w", "odd")
+    assert str(caught.value) == f"file storage {root}: stored result of node 'odd' (workflow 'w') has an unreadable data id"
+    (folder / "oddfp.ffr").write_bytes(expected_header(payload, b"", b"\xffab") + payload)
+    with pytest.raises(CorruptResultError, match="has fingerprint '\ufffdab', not the 'ab' this run"):
+        storage.read_task_checked("w", "oddfp", "ab")
+    assert storage.read_task("w", "oddfp") == 1
 
 
 # ---------------------------------------------------------------------------
@@ -814,6 +821,8 @@ def test_damaged_results_are_refused_with_what_is_wrong(tmp_path):
         b"FFR1" + bytes(3): f"{where} is truncated (7 bytes)",
         b"XXXX" + bytes(40): f"{where} is not a functionfuse result (bad header)",
         b"FF" + bytes(40): f"{where} is not a functionfuse result (bad header)",
+        b"XYZ": f"{where} is not a functionfuse result (bad header)",
+        b"FFX": f"{where} is not a functionfuse result (bad header)",
         good[:-3] + bytes([good[-3] ^ 1]) + good[-2:]: f"{where} fails its checksum",
         good[:size] + bytes([good[size] ^ 1]) + good[size + 1:]: f"{where} fails its checksum",
         good[:4] + bytes([good[4] ^ 1]) + good[5:]: f"{where} fails its checksum",  # the length, under the header CRC
@@ -1267,8 +1276,9 @@ def test_data_path_refuses_names_that_are_not_storage_keys(tmp_path):
 
     storage = FileStorage(str(tmp_path / "st"))
     for workflow_name, task_name in (("w", ".."), ("w", "a/b"), ("..", "n"), ("w", "")):
-        with pytest.raises(InvalidNameError):
-            storage.data_path(workflow_name, task_name)
+        for call in (storage.data_path, storage.read_task, lambda w, t: storage.read_task_checked(w, t, "f")):
+            with pytest.raises(InvalidNameError):
+                call(workflow_name, task_name)
 
 
 def test_touch_on_s3_puts_an_empty_object(moto):
