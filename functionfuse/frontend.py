@@ -52,8 +52,15 @@ ARGS_NESTED = 2  # anything else: nested in containers, or keyword arguments
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
 _MAX_NAME_BYTES = 200
-# the argument positions of top-level dependencies (Node.slots), one tuple per pattern
-_slot_patterns: dict[tuple, tuple] = {}
+# the argument positions (below 64) of top-level dependencies as bits -> Node.slots, one tuple per pattern
+_slot_patterns: dict[int, tuple] = {}
+
+
+def _slot_pattern(mask: int) -> tuple:
+    slots = tuple(position for position in range(mask.bit_length()) if mask >> position & 1)
+    if len(_slot_patterns) < 4096:
+        _slot_patterns[mask] = slots
+    return slots
 #: ``Node.kwargs`` of every node called without keywords (never changed)
 _NO_KWARGS: dict = {}
 
@@ -342,7 +349,8 @@ class Node:
         # The hot path of building: one pass over the arguments, then link parents and children.
         parents = list(extra_parents) if extra_parents else []
         mode = 0  # ARGS_NONE; ARGS_TOP = 1 and ARGS_NESTED = 2 as in resolve_args
-        slots = []
+        mask = 0  # the positions (below 64) of top-level dependencies, as bits
+        wide = None  # and those from 64 on, in a call with that many arguments
         kinds = _ARG_KINDS
         position = -1
         for a in args:
@@ -361,13 +369,20 @@ class Node:
                     mode = 2
                 continue
             mode |= 1
-            slots.append(position)
-        if slots:
-            slots = tuple(slots)
+            if position < 64:
+                mask |= 1 << position
+            elif wide is None:
+                wide = [position]
+            else:
+                wide.append(position)
+        if mask:
             # one tuple per pattern, shared: a tuple per node is one more object for the GC to count
-            self.slots = _slot_patterns.setdefault(slots, slots) if len(slots) <= 4 else slots
+            slots = _slot_patterns.get(mask)
+            if slots is None:
+                slots = _slot_pattern(mask)
+            self.slots = slots if wide is None else slots + tuple(wide)
         else:
-            self.slots = ()
+            self.slots = () if wide is None else tuple(wide)
         if kwargs:
             for a in kwargs.values():
                 kind = kinds.get(a.__class__)

@@ -173,3 +173,24 @@ def test_names_checked_once_are_still_checked_for_what_they_are(monkeypatch):
     validate_name("n2")
     validate_name("n3")  # the bound is reached: the remembered names start over
     assert frontend._valid_names == {"n3"}
+
+
+@workflow
+def total(*xs):
+    return sum(xs)
+
+
+def test_dependencies_at_any_argument_position_get_their_values():
+    one = inc(0).set_name("one")  # 1
+    two = inc(one).set_name("two")  # 2
+    args = list(range(100))
+    for position in (0, 3, 63, 64, 65, 99):
+        args[position] = two if position % 2 else one
+    leaf = total(*args).set_name("sum")
+    assert leaf.slots == (0, 3, 63, 64, 65, 99) and leaf.parents == (one, two)
+    expected = sum(range(100)) - sum((0, 3, 63, 64, 65, 99)) + 1 + 2 + 2 + 1 + 2 + 2
+    assert LocalWorkflow(leaf, workflow_name="w").run() == expected
+    wide = total(*([0] * 70), one).set_name("wide")  # only past 64
+    assert wide.slots == (70,) and LocalWorkflow(wide, workflow_name="w2").run() == 1
+    same = [pair(one, 5), pair(two, 6)]  # one tuple per pattern, shared between nodes
+    assert same[0].slots == (0,) and same[0].slots is same[1].slots
