@@ -407,25 +407,18 @@ class Node:
             parent = parents[0]
             # one parent: the node itself, not a tuple of it (one object less per node for the GC)
             self._parents = args if mode == 1 and len(args) == 1 and args[0] is parent else parent
-            if parent._kids is None:
-                parent._kids = self
-            else:
-                more = parent._more_kids
-                if more is None:
-                    parent._more_kids = self
-                elif more.__class__ is list:
-                    more.append(self)
-                else:
-                    parent._more_kids = [more, self]
-            return
-        if count == 2:
-            first, second = parents
-            parents = (first,) if first is second else (first, second)
         else:
-            parents = tuple(dict.fromkeys(parents))
-        if mode == 1 and len(parents) == len(args) and parents == args and not extra_parents:
-            parents = args  # every argument is a distinct whole node: share the tuple (fewer objects for the GC)
-        self._parents = parents
+            if count == 2:
+                first, second = parents
+                if first is second:  # one parent taken twice: as a single parent
+                    parents = [first]
+                    self._parents = first
+                else:
+                    parents = self._parents = (first, second)
+            else:
+                parents = self._parents = tuple(dict.fromkeys(parents))
+            if mode == 1 and len(parents) == len(args) and parents == args and not extra_parents:
+                self._parents = args  # every argument a distinct whole node: share the tuple (fewer GC objects)
         for p in parents:
             if p._kids is None:
                 p._kids = self

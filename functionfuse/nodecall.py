@@ -54,6 +54,7 @@ __all__ = [
     "run_node_call",
     "run_plain_in_process",
     "run_stored_in_process",
+    "release_parents",
     "make_template",
     "prepare_callables",
     "node_error_name",
@@ -541,14 +542,20 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
         if outcomes is not None:
             outcomes[name] = {"start": start, "duration": duration, "worker": worker, "host": host,
                               "outcome": COMPUTED}
-        for parent in node.parents:  # release what no later node needs
-            left = remaining[parent] - 1
-            if left:
-                remaining[parent] = left
-            elif parent not in keep:
-                del remaining[parent]
-                results.pop(parent, None)
+        release_parents(node, remaining, results, keep)
     return results
+
+
+def release_parents(node: Any, remaining: dict, results: dict, keep: set) -> None:
+    """``node`` has run: drop the values of its parents that no later node needs (``remaining``:
+    node -> consumers still to run, from ``Run.consumers``) unless they are in ``keep``."""
+    for parent in node.parents:
+        left = remaining[parent] - 1
+        if left:
+            remaining[parent] = left
+        elif parent not in keep:
+            del remaining[parent]
+            results.pop(parent, None)
 
 
 def _invoke(call: NodeCall, func: Any, args: Any, kwargs: Any) -> Any:

@@ -16,9 +16,14 @@ from time import perf_counter, time
 from typing import Any
 
 from functionfuse.base import READ, Run, Workflow, info_of
-from functionfuse.context import COMPUTED
 from functionfuse.markers import hookimpl
-from functionfuse.nodecall import run_node_call, run_plain_in_process, run_stored_in_process, worker_location
+from functionfuse.nodecall import (
+    release_parents,
+    run_node_call,
+    run_plain_in_process,
+    run_stored_in_process,
+    worker_location,
+)
 
 __all__ = ["LocalWorkflow"]
 
@@ -47,9 +52,7 @@ class LocalWorkflow(Workflow):
         keep = set(self.leaves)
         node_call = run.node_call
         started = run.started if run.before_node is not None else None
-        # the hook (and attempts of nodes with a policy) through run.finished; outcomes alone here
-        finished = run.finished if run.after_node is not None or self.node_attrs else None
-        outcomes = run.context.outcomes if finished is None else None
+        finished = run.finished if run.reports_nodes or self.node_attrs else None
         worker, host = worker_location()
         for node, action in steps:
             call, _ = node_call(node, action, in_process=True)
@@ -70,19 +73,8 @@ class LocalWorkflow(Workflow):
             results[node] = value
             if finished is not None:
                 finished(node, value, info_of(start, duration, worker, host))
-            elif outcomes is not None:
-                outcomes[node.name] = {"start": start, "duration": duration, "worker": worker, "host": host,
-                                       "outcome": COMPUTED}
-            # release what no later node needs
-            for parent in node.parents if action is not READ else ():
-                left = remaining[parent] - 1
-                if left:
-                    remaining[parent] = left
-                elif parent not in keep:
-                    del remaining[parent]
-                    results.pop(parent, None)
+            release_parents(node, remaining, results, keep)  # what no later node needs
         return [results[leaf] for leaf in self.leaves]
-
 
     def _run_plain(self, run: Run) -> list:
         """No storage, no per-node hook, no node attribute: the core's in-process loop."""
