@@ -71,8 +71,11 @@ case " ${modules[*]} " in
         tests/test_s3_storage.py::test_no_stale_listings_between_storage_objects
         tests/test_s3_storage.py::test_concurrent_saves_from_threads
     )
-    # S3 in this process is in; the docs' s3:// URL example runs the CLI in a subprocess
-    keyword="not ray and not cli and not entry_point and not s3_url_string"
+    # S3 in this process is in; the docs' s3:// URL example runs the CLI in a subprocess. Out too: the
+    # slowest scale and resume tests (seconds per mutant of every function they reach), whose storage
+    # paths the storage tests above and tests/test_mutation_fsstorage.py reach faster.
+    keyword="not ray and not cli and not entry_point and not s3_url_string and not noop_reruns_of_20000_nodes"
+    keyword+=" and not resume_every_subset_of_a_stateful_program and not quickstart_saved_listed_read_resumed"
     ;;
 esac
 # and every test written against survivors (tests/test_mutation_kills.py, tests/test_mutation_*.py)
