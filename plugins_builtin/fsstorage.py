@@ -536,7 +536,15 @@ class FileStorage(Storage):
                 self._ensure_dir(folder)
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0), 0o666))
         else:
-            self.fs.pipe_file(path, b"", **self._deadline)
+            try:
+                self.fs.pipe_file(path, b"", **self._deadline)
+            except FileNotFoundError:
+                if self.object_store:
+                    raise
+                folder = path.rsplit("/", 1)[0]  # removed behind our back, as on a local disk
+                self._forget_dirs(folder)
+                self._ensure_dir(folder)
+                self.fs.pipe_file(path, b"", **self._deadline)
 
     def _finish_writer(self, workflow_name: str, tag: str) -> None:
         """Mark a writer finished: its saves are all done, but the index does not have them."""
