@@ -274,10 +274,8 @@ class Workflow:
 
     def _reasons(self, to_compute: set, stored: dict, fps: dict, usable: dict, rerun: set) -> dict:
         """Why each node computed again although its name is stored."""
-        index = read_fingerprint_index(self.storage, self.workflow_name) if fps else {}
+        entries, manifests = _index_entries(self.storage, self.workflow_name) if fps else ({}, {})
         details = getattr(self, "_fp_details", {})
-        manifests = index.get("manifests", {})
-        entries = index.get("nodes", {})
         reasons: dict = {}
         recomputed: set = set()
         for node in self.nodes:
@@ -286,7 +284,7 @@ class Workflow:
             name = node.name
             if node.kind == OBJECT:
                 # rebuilt; its calls were recomputed because of it only when its own call changed
-                if (entries.get(name) or {}).get("fp") != fps.get(node):
+                if (entries.get(name) or _NO_ENTRY)[0] != fps.get(node):
                     recomputed.add(node)
                 continue
             if name not in stored:
@@ -736,27 +734,49 @@ def stored_fingerprints(storage: Any, workflow_name: str) -> dict:
     if lister is not None:
         return lister(workflow_name)
     names = storage.list_tasks(workflow_name)
-    index = read_fingerprint_index(storage, workflow_name).get("nodes", {})
-    return {name: (index.get(name) or {}).get("fp") for name in names}
+    entries, _ = _index_entries(storage, workflow_name)
+    return {name: (entries.get(name) or _NO_ENTRY)[0] for name in names}
+
+
+_NO_ENTRY = (None, None, None)  # (fp, code fp, args fp) of a node the index does not have
 
 
 def read_fingerprint_index(storage: Any, workflow_name: str) -> dict:
     """The fingerprint index of a stored workflow: ``{"nodes": {name: {...}}, "manifests": {...}}``."""
+    entries, manifests = _index_entries(storage, workflow_name)
+    return {"nodes": {name: {"fp": fp, "code": code, "args": args} for name, (fp, code, args) in entries.items()},
+            "manifests": manifests} if entries or manifests else {}
+
+
+def _index_entries(storage: Any, workflow_name: str) -> tuple[dict, dict]:
+    """The stored index as ``({name: (fp, code_fp, args_fp)}, manifests)``; empty when absent or unreadable.
+
+    Stored as JSON columns (``names``, ``fp``, ``code``, ``args``: a dict per node cost most of the
+    writing); the earlier form, ``{"nodes": {name: {"fp", "code", "args"}}}``, is still read.
+    """
     import json
 
     reader = getattr(storage, "read_meta", None)
     if reader is None:
-        return {}
+        return {}, {}
     try:
         data = reader(workflow_name, FINGERPRINT_INDEX)
     except Exception:  # noqa: BLE001 - an unreadable index only loses the reasons: results are checked by fingerprint
-        return {}
+        return {}, {}
     if not data:
-        return {}
+        return {}, {}
     try:
-        return json.loads(data)
-    except ValueError:
-        return {}
+        index = json.loads(data)
+        manifests = index.get("manifests") or {}
+        if "names" in index:
+            names, fps, codes, args = index["names"], index["fp"], index["code"], index["args"]
+            if not len(names) == len(fps) == len(codes) == len(args):
+                return {}, {}
+            return dict(zip(names, zip(fps, codes, args))), manifests
+        return {name: (entry.get("fp"), entry.get("code"), entry.get("args"))
+                for name, entry in (index.get("nodes") or {}).items()}, manifests
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return {}, {}
 
 
 def write_fingerprint_index(workflow: Workflow, plan: ResumePlan, complete: bool) -> None:
@@ -772,34 +792,39 @@ def write_fingerprint_index(workflow: Workflow, plan: ResumePlan, complete: bool
         return
     from .fingerprint import code_manifest
 
-    old = read_fingerprint_index(storage, workflow.workflow_name)
-    nodes = dict(old.get("nodes", {}))
-    manifests = dict(old.get("manifests", {}))
+    old, old_manifests = _index_entries(storage, workflow.workflow_name)
+    entries = dict(old)
+    manifests = dict(old_manifests)
     details = getattr(workflow, "_fp_details", {})
+    no_detail = (None, None)
     for node, fp in plan.fingerprints.items():
         if not complete and node.kind != OBJECT and plan.sources.get(node) != node.name:
             continue
-        code_fp, args_fp = details.get(node, (None, None))
-        nodes[node.name] = {"fp": fp, "code": code_fp, "args": args_fp}
+        code_fp, args_fp = details.get(node, no_detail)
+        entries[node.name] = (fp, code_fp, args_fp)
         if code_fp is not None and code_fp not in manifests:
             try:
                 manifests[code_fp] = code_manifest(node.func)
             except Exception:  # noqa: BLE001 - a manifest only serves the reasons
                 manifests[code_fp] = {}
-    index = {"nodes": nodes, "manifests": manifests}
-    if index != old:
-        storage.save_meta(workflow.workflow_name, FINGERPRINT_INDEX, json.dumps(index, separators=(",", ":")).encode())
+    if entries == old and manifests == old_manifests:
+        return
+    values = list(entries.values())
+    index = {"names": list(entries), "fp": [v[0] for v in values], "code": [v[1] for v in values],
+             "args": [v[2] for v in values], "manifests": manifests}
+    storage.save_meta(workflow.workflow_name, FINGERPRINT_INDEX, json.dumps(index, separators=(",", ":")).encode())
 
 
-def _what_changed(node: Node, now: tuple | None, before: dict | None, manifests: dict, recomputed: set) -> str:
-    """Why ``node``'s fingerprint differs from the stored one, in a phrase."""
+def _what_changed(node: Node, now: tuple | None, before: tuple | None, manifests: dict, recomputed: set) -> str:
+    """Why ``node``'s fingerprint differs from the stored one (``before``: its index entry), in a phrase."""
     if before is None or now is None:
         return "fingerprint changed"
     code_fp, args_fp = now
-    if before.get("code") != code_fp:
+    _, code_before, args_before = before
+    if code_before != code_fp:
         from .fingerprint import code_manifest, describe_code_change
 
-        old = manifests.get(before.get("code"))
+        old = manifests.get(code_before)
         if old:
             try:
                 return describe_code_change(old, code_manifest(node.func))
@@ -809,7 +834,7 @@ def _what_changed(node: Node, now: tuple | None, before: dict | None, manifests:
     changed = [p.name for p in node.parents if p in recomputed]
     if changed:  # a parent's fingerprint is part of the arguments' (where it stands in them)
         return "parent recomputed" if len(changed) == 1 else "parents recomputed"
-    if before.get("args") != args_fp:
+    if args_before != args_fp:
         return "argument changed"
     return "version changed"
 
