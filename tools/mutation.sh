@@ -76,6 +76,9 @@ case " ${modules[*]} " in
     # paths the storage tests above and tests/test_mutation_fsstorage.py reach faster.
     keyword="not ray and not cli and not entry_point and not s3_url_string and not noop_reruns_of_20000_nodes"
     keyword+=" and not resume_every_subset_of_a_stateful_program and not quickstart_saved_listed_read_resumed"
+    # and a test that depends on the clock (two runs within one millisecond share a record key's
+    # timestamp, and pruning keeps the wrong one): it failed the clean run once; a flaky test kills falsely
+    keyword+=" and not only_the_last_keep_runs_records_are_kept"
     ;;
 esac
 # and every test written against survivors (tests/test_mutation_kills.py, tests/test_mutation_*.py)
