@@ -1214,9 +1214,6 @@ def test_a_save_elsewhere_is_always_marked(tmp_path):
     storage.fs.rm(f"/ff-marked-{tmp_path.name}", recursive=True)
 
 
-@pytest.mark.xfail(strict=True, raises=StorageError,
-                   reason="fsstorage bug: on a non-local filesystem with folders, a writer marker is created "
-                          "without making its folder again when it was removed (the local code does)")
 def test_a_save_outside_a_run_after_its_folder_was_removed_on_a_filesystem_with_folders(tmp_path):
     from fsspec.implementations.dirfs import DirFileSystem
     from fsspec.implementations.local import LocalFileSystem
