@@ -115,6 +115,20 @@ _new_tag_state()
 os.register_at_fork(after_in_child=_new_tag_state)
 
 
+def _runs_through_sync(fs: Any) -> bool:
+    """Whether ``fs``'s blocking calls run through fsspec's ``sync()`` (which takes ``timeout=``).
+
+    A wrapping filesystem (``dir://``) says it is asynchronous, but over a synchronous one (the
+    local disk) it hands every keyword to that one, which refuses ``timeout=``.
+    """
+    if not getattr(fs, "async_impl", False):
+        return False
+    inner = getattr(fs, "fs", None)
+    if isinstance(inner, fsspec.AbstractFileSystem) and inner is not fs:
+        return _runs_through_sync(inner)
+    return True
+
+
 def writer_tag() -> str:
     """``<pid>@<host>-<random>``: a unique name that says which process wrote it.
 
@@ -207,7 +221,7 @@ class FileStorage(Storage):
         self.root = root.rstrip("/") or "/"
         self.timeout = timeout
         # fsspec's sync() takes timeout=: it cancels the call (and its retries) when time is up
-        self._deadline = {"timeout": timeout} if timeout and getattr(fs, "async_impl", False) else {}
+        self._deadline = {"timeout": timeout} if timeout and _runs_through_sync(fs) else {}
         self._made: set[str] = set()
         self._selector = None
         #: runs of this object writing each workflow (their marker covers saves through this object only)
