@@ -42,7 +42,7 @@ __all__ = [
 # deterministically.
 _creation_counter = itertools.count()
 # Default names count per qualname, so running a script again gives the same names.
-_name_counters: dict[str, int] = {}
+_name_counters: dict[str, itertools.count] = {}
 
 #: how much work resolving a node's arguments is (``Node.argmode``)
 ARGS_NONE = 0  # no dependencies: the arguments as given
@@ -340,8 +340,10 @@ class Node:
         self.kwargs = kwargs if kwargs else _NO_KWARGS
         self.seq = next(_creation_counter)
         # numbered from 0 per function, as the original numbered them, so its storage resumes
-        number = self._number = _name_counters.get(qualname, 0)
-        _name_counters[qualname] = number + 1
+        counter = _name_counters.get(qualname)
+        if counter is None:
+            counter = _name_counters[qualname] = itertools.count()
+        self._number = next(counter)
         self._name = None
         # The children, without a list per node (one object less for the GC to scan): the first in
         # _kids, the second in _more_kids, and from the third on _more_kids is a list of all but the first.
@@ -413,12 +415,15 @@ class Node:
                 if first is second:  # one parent taken twice: as a single parent
                     parents = [first]
                     self._parents = first
+                elif mode == 1 and len(args) == 2 and args[0] is first and args[1] is second \
+                        and not extra_parents:
+                    parents = self._parents = args  # both arguments, whole: share the tuple (fewer GC objects)
                 else:
                     parents = self._parents = (first, second)
             else:
                 parents = self._parents = tuple(dict.fromkeys(parents))
-            if mode == 1 and len(parents) == len(args) and parents == args and not extra_parents:
-                self._parents = args  # every argument a distinct whole node: share the tuple (fewer GC objects)
+                if mode == 1 and len(parents) == len(args) and parents == args and not extra_parents:
+                    self._parents = args  # every argument a distinct whole node: share the tuple
         for p in parents:
             if p._kids is None:
                 p._kids = self

@@ -126,11 +126,13 @@ def test_parents_and_children_links_of_any_count():
     assert root.children == [one] and root.last_child is one
     two = pair(root, one)
     assert two.parents == (root, one) and root.children == [one, two] and root.last_child is two
+    assert two.parents is two.args  # two whole, distinct node arguments: the same tuple
     three = pair(root, 5)
     assert three.parents == (root,) and root.children == [one, two, three] and root.last_child is three
     four = pair(root, root)  # one parent taken twice: counted once
     assert four.parents == (root,) and root.children == [one, two, three, four] and root.last_child is four
     assert one.children == [two] and one.last_child is two
+    assert pair(one, 5).parents == (one,) and pair(5, one).parents == (one,)
 
 
 def test_the_workflow_takes_every_descendant_of_its_roots_and_their_parents():
