@@ -1339,10 +1339,6 @@ def test_file_storage_passes_its_storage_options_to_the_filesystem_the_url_names
         assert str(caught.value).startswith(message)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="fsstorage bug: the time-out (timeout=) is passed to every call of a filesystem whose "
-                          "async_impl is true; dir:// over the local disk forwards it to LocalFileSystem.rm_file, "
-                          "and the save's TypeError escapes unwrapped")
 def test_a_file_storage_on_a_dir_url_saves_and_removes(tmp_path):
     storage = fsstorage.file_storage({"path": "dir://st", "storage_options": {"path": str(tmp_path),
                                                                             "target_protocol": "file"}})
