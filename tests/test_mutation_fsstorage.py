@@ -840,6 +840,11 @@ def test_damaged_results_are_refused_with_what_is_wrong(tmp_path):
             storage.read_task("w", "n")
     path.write_bytes(struct.pack("<4sQIH", b"FFR2", len(payload), zlib.crc32(payload), 0) + payload)
     assert storage.read_task("w", "n") == 5
+    for header in (struct.pack("<4sQI", b"FFR1", 5, 0), struct.pack("<4sQIH", b"FFR2", 5, 0, 0)):  # a header alone
+        path.write_bytes(header)
+        with pytest.raises(CorruptResultError) as caught:
+            storage.read_task("w", "n")
+        assert str(caught.value) == f"{where} is truncated: 0 of 5 bytes"
     path.write_bytes(struct.pack("<4sQI", b"FFR1", len(payload), zlib.crc32(payload)) + payload)
     assert storage.read_task("w", "n") == 5
 
