@@ -101,6 +101,10 @@ pytest_add_cli_args =
     -q
     -x
     --timeout=120
+    -o
+    tmp_path_retention_policy=none
+    -o
+    tmp_path_retention_count=1
     -k
     $keyword
 pytest_add_cli_args_test_selection =
@@ -113,6 +117,12 @@ export FF_PROPERTY_SCALE="${FF_PROPERTY_SCALE:-0.2}"  # the properties run once 
 # Dask's threaded scheduler keeps a process-wide pool whose threads a forked mutant does not have:
 # its computes would wait forever, and count as killed (timeout). Dask arrays compute in place here.
 export DASK_SCHEDULER=synchronous
+# Every mutant is a pytest session of its own (forked): its temporary folders are removed when it
+# ends (retention "none" above), and no file may grow past 2 GiB. A mutant that writes without end
+# (a broken loop in _write_all) once filled the disk with ~47 GB under /tmp/pytest-of-root, and every
+# test after it failed on "no space left", which mutmut counts as kills. A file past the limit kills
+# its writer (SIGXFSZ): the mutant is killed, the disk stays usable.
+ulimit -f $((2 * 1024 * 1024))
 mutmut run ${JOBS:+--max-children "$JOBS"} >"$work/mutmut-run.log" 2>&1 || { tail -30 "$work/mutmut-run.log"; exit 1; }
 mutmut results --all true >"$work/results.txt" 2>&1 || true
 python - "$work/results.txt" "${modules[@]}" <<'PY'
