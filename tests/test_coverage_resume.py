@@ -1,11 +1,15 @@
-"""Resume reasons when the fingerprint index beside the results is damaged: reasons are lost, results stay right."""
+"""The fingerprint index beside the results (what each fingerprint was made of, for the reasons): stored as
+columns, the earlier per-node form still read; when it is damaged the reasons are lost, results stay right."""
 
+import json
 import os
 
 import pytest
 
 from functionfuse import workflow
 from functionfuse.backends.builtin.localback import LocalWorkflow
+from functionfuse.base import FINGERPRINT_INDEX, read_fingerprint_index, stored_fingerprints
+from functionfuse.storage import storage_factory
 
 
 @workflow
@@ -48,3 +52,61 @@ def test_a_damaged_fingerprint_index_loses_the_reason_not_the_plan(tmp_path, dam
         assert build(storage, 4).run() == 40
         assert {e.name: e.fate for e in build(storage, 4).plan()} == {"base": "stored", "scaled": "read back"}
         assert {e.name: e.reason for e in build(storage, 5).plan()}["scaled"] == "argument changed"
+
+
+def reasons(storage, factor):
+    return {e.name: (e.fate, e.reason) for e in build(storage, factor).plan()}
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return storage_factory({"kind": "file", "options": {"path": str(tmp_path / "st")}})
+
+
+def test_the_index_is_columns_and_gives_the_reasons(storage):
+    assert build(storage, 3).run() == 30
+    stored = json.loads(storage.read_meta("wf", FINGERPRINT_INDEX))
+    assert stored["names"] == ["base", "scaled"] and len(stored["fp"]) == len(stored["code"]) == len(stored["args"]) == 2
+    index = read_fingerprint_index(storage, "wf")
+    assert set(index["nodes"]) == {"base", "scaled"} and index["nodes"]["scaled"]["fp"] == stored["fp"][1]
+    assert reasons(storage, 4)["scaled"] == ("recompute", "argument changed")
+
+
+def test_an_index_of_the_earlier_form_is_still_read(storage):
+    assert build(storage, 3).run() == 30
+    earlier = {"nodes": read_fingerprint_index(storage, "wf")["nodes"], "manifests": {}}
+    storage.save_meta("wf", FINGERPRINT_INDEX, json.dumps(earlier).encode())
+    assert reasons(storage, 4)["scaled"] == ("recompute", "argument changed")
+    assert build(storage, 4).run() == 40  # written anew, as columns
+    assert "names" in json.loads(storage.read_meta("wf", FINGERPRINT_INDEX))
+
+
+@pytest.mark.parametrize("damage", [
+    {"names": ["base", "scaled"], "fp": ["x"], "code": [], "args": []},  # columns of other lengths
+    {"names": ["base"], "fp": 5, "code": 5, "args": 5},  # not columns at all
+    ["a", "list"],
+])
+def test_a_damaged_index_loses_the_reasons_not_the_results(storage, damage):
+    assert build(storage, 3).run() == 30
+    storage.save_meta("wf", FINGERPRINT_INDEX, json.dumps(damage).encode())
+    assert read_fingerprint_index(storage, "wf") == {}
+    assert reasons(storage, 4) == {"base": ("read back", "stored, same call"), "scaled": ("recompute", "fingerprint changed")}
+    assert build(storage, 4).run() == 40
+
+
+def test_a_storage_without_header_fingerprints_lists_them_from_the_index(storage):
+    assert build(storage, 3).run() == 30
+    index = read_fingerprint_index(storage, "wf")["nodes"]
+
+    class Plain:  # a storage that keeps no fingerprints of its own
+        def __init__(self, inner):
+            self.inner = inner
+
+        def list_tasks(self, workflow_name):
+            return self.inner.list_tasks(workflow_name) + ["extra"]
+
+        def read_meta(self, workflow_name, key):
+            return self.inner.read_meta(workflow_name, key)
+
+    assert stored_fingerprints(Plain(storage), "wf") == {
+        "base": index["base"]["fp"], "scaled": index["scaled"]["fp"], "extra": None}

@@ -39,7 +39,7 @@ find "$work" -name __pycache__ -prune -exec rm -rf {} +
 tests=(
     tests/test_core_frontend.py tests/test_core_graph.py tests/test_core_storage.py tests/test_core_hooks.py
     tests/test_core_nodeplugins.py tests/test_runrecord.py tests/test_blindspots.py tests/test_documented.py
-    tests/test_properties.py
+    tests/test_properties.py tests/test_inprocess_loops.py tests/test_runrecord_format.py tests/test_coverage_resume.py
 )
 # Ray, the CLI and S3 run their storage code in other processes (workers, subprocesses): left out.
 keyword="not ray and not cli and not s3 and not entry_point"
