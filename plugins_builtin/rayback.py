@@ -50,14 +50,17 @@ def _where() -> tuple:
     return worker, host, _node_id
 
 
-def _task_body(func: Any, check: bool = False) -> Any:
+def _task_body(func: Any, check: bool = False, record: bool = True) -> Any:
     """The function a Ray task runs for nodes calling ``func``; one per function, exported once.
 
     ``check``: first make sure Ray can serialise the value (a leaf whose value stays in the
     cluster: a failure there would otherwise surface only when someone fetches it).
+    ``record``: return ``(run record, value)`` (two returns); ``False``: the value alone, for
+    a node no one waits for (its children's tasks take its value; an error reaches them).
+    A second return costs Ray about as much as the rest of a trivial task's overhead.
     """
 
-    def body(call: NodeCall, *values: Any) -> tuple:
+    def body(call: NodeCall, *values: Any) -> Any:
         value, start, duration = run_node_call(call, values, func)
         if check:
             import ray
@@ -67,7 +70,7 @@ def _task_body(func: Any, check: bool = False) -> Any:
             except Exception as exc:
                 _tag(exc, call.name)
                 raise
-        return _record(call, start, duration), value
+        return (_record(call, start, duration), value) if record else value
 
     body.__name__ = getattr(func, "__name__", "node")
     body.__qualname__ = getattr(func, "__qualname__", body.__name__)
@@ -151,22 +154,31 @@ _remotes: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _helpers: dict = {}
 
 
-def _remote_for(ray: Any, func: Any, check: bool = False) -> Any:
+def _remote_for(ray: Any, func: Any, check: bool = False, record: bool = True) -> Any:
     try:
         per_func = _remotes.setdefault(func, {})
     except TypeError:  # not weak-referenceable: kept for the process
         per_func = _helpers.setdefault(("func", func), {})
-    remote = per_func.get(check)
+    key = (check, record)
+    remote = per_func.get(key)
     if remote is None:
-        remote = per_func[check] = ray.remote(max_retries=0, num_returns=2)(_task_body(func, check))
+        remote = per_func[key] = ray.remote(max_retries=0, num_returns=2 if record else 1)(
+            _task_body(func, check, record))
     return remote
+
+
+def _probe(value: Any) -> None:
+    """Nothing: a task taking a node's value fails with that node's error, if it had one."""
 
 
 def _helper(ray: Any, name: str) -> Any:
     remote = _helpers.get(name)
     if remote is None:
-        factory = ray.remote(max_restarts=0)(StatefulNodeActor) if name == "actor" else None
-        remote = _helpers[name] = factory or ray.remote(max_retries=0)(_read_body)
+        if name == "actor":
+            remote = ray.remote(max_restarts=0)(StatefulNodeActor)
+        else:
+            remote = ray.remote(max_retries=0)(_probe if name == "probe" else _read_body)
+        _helpers[name] = remote
     return remote
 
 
@@ -240,7 +252,8 @@ class RayWorkflow(Workflow):
         actors: dict = {}  # object node -> actor handle
         watched: dict = {}  # ObjectRef of a node's run record -> node
         pending: list = []
-        metas: dict = {}  # node -> its record ref (kept to find which node failed)
+        metas: dict = {}  # node -> its record ref (kept to find which node failed): its value ref if in `bare`
+        bare: set = set()  # nodes submitted without a record (no one waits for them): see _task_body
         plan_compute = None
         remaining = run.consumers()  # node -> consumers not submitted yet: its value ref goes at 0
         keep = set(self.leaves)
@@ -257,7 +270,7 @@ class RayWorkflow(Workflow):
                 refs[node] = _helper(ray, "read").remote(call)
                 continue
             if max_pending and len(pending) >= max_pending:
-                pending = self._collect(ray, run, pending, watched, metas)
+                pending = self._collect(ray, run, pending, watched, metas, bare)
             kind = node.kind
             run.started(node)
             node_attrs = attrs.get(node) if attrs else None
@@ -265,12 +278,17 @@ class RayWorkflow(Workflow):
             remote_args = node_attrs.get("remote_args") if node_attrs and kind != "method" else None
             # A method call's dep 0 is its object, which the actor holds.
             values = [refs[d] if d in refs else snapshot(d) for d in (deps[1:] if kind == "method" else deps)]
+            watch = watch_all or kind != "call" or not node.children or not _has_computed_child(node, plan_compute)
             try:
                 if kind == "call":
-                    remote = _remote_for(ray, node.func, check=node in leaves)
+                    remote = _remote_for(ray, node.func, check=node in leaves, record=watch)
                     if remote_args or self.task_options:
                         remote = remote.options(**{**self.task_options, **(remote_args or {})})
-                    meta, value = remote.remote(call, *values)
+                    if watch:
+                        meta, value = remote.remote(call, *values)
+                    else:
+                        meta = value = remote.remote(call, *values)
+                        bare.add(node)
                 elif kind == "method":
                     meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values)
                 else:  # a stateful node: an actor
@@ -290,12 +308,12 @@ class RayWorkflow(Workflow):
                 remaining[parent] = left
                 if left <= 0 and parent not in keep and parent.kind != "object":
                     refs.pop(parent, None)
-            if watch_all or kind != "call" or not node.children or not _has_computed_child(node, plan_compute):
+            if watch:
                 watched[meta] = node
                 pending.append(meta)
 
         while pending:
-            pending = self._collect(ray, run, pending, watched, metas)
+            pending = self._collect(ray, run, pending, watched, metas, bare)
         leaf_refs = []
         for leaf in self.leaves:
             ref = refs.get(leaf)
@@ -315,7 +333,7 @@ class RayWorkflow(Workflow):
                     run.fail(run.find(origin, leaf), _original(leaf_exc))
             raise exc
 
-    def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
+    def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict, bare: set) -> list:
         """Wait for at least one watched result; fire hooks for what finished; raise on the first failure.
 
         Every few seconds without progress, the resources of what is in flight are checked again:
@@ -335,7 +353,7 @@ class RayWorkflow(Workflow):
         except Exception:  # noqa: BLE001 - some node failed: find which below
             records = None
         if records is None:
-            self._raise_first_failure(ray, run, ready, watched, metas)
+            self._raise_first_failure(ray, run, ready, watched, metas, bare)
         if run.reports_nodes:
             for ref, record in zip(ready, records):
                 run.finished(watched[ref], None, _info(record))
@@ -354,7 +372,7 @@ class RayWorkflow(Workflow):
             except InvalidOptionError as exc:
                 run.fail(node, exc, {}, f"it can never be scheduled: {exc}")
 
-    def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict) -> None:
+    def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict, bare: set) -> None:
         import ray.exceptions as rex
 
         position = {n: i for i, n in enumerate(self.nodes)}
@@ -371,7 +389,7 @@ class RayWorkflow(Workflow):
         elif cause is None or isinstance(exc, (rex.WorkerCrashedError, rex.RayActorError)):
             # No node name travelled with the error (a worker died): the earliest failed node in run order.
             earlier = list(itertools.takewhile(lambda item: item[0] is not node, metas.items()))  # in run order
-            node, exc = _first_failure(ray, earlier) or (node, exc)
+            node, exc = _first_failure(ray, earlier, bare=bare) or (node, exc)
         if node.kind == "object" and origin is None and isinstance(exc, rex.RayActorError):
             # The actor died; the reply of its creation can be lost with it. Name the call it was running.
             calls = [(call, meta) for call, meta in metas.items() if call.kind == "method" and call.obj is node]
@@ -413,16 +431,26 @@ def _producer(node: Node, text: str) -> Node | None:
     return None
 
 
-def _first_failure(ray: Any, watched: list, timeout: float = 0) -> tuple | None:
-    """The first ``(node, error)`` of ``watched`` (``(node, record ref)`` pairs) done within ``timeout``, or None."""
+def _first_failure(ray: Any, watched: list, timeout: float = 0, bare: Any = ()) -> tuple | None:
+    """The first ``(node, error)`` of ``watched`` (``(node, record ref)`` pairs) done within ``timeout``, or None.
+
+    A node in ``bare`` has its value ref there, not a record's: it is not fetched (it may be
+    large) but handed to a task that does nothing, which fails with the node's error if it had
+    one. A value lost with its Ray node is no error of that node.
+    """
     if not watched:
         return None
-    done = set(ray.wait([ref for _, ref in watched], num_returns=len(watched), timeout=timeout)[0])
+    import ray.exceptions as rex
+
+    done = set(ray.wait([ref for _, ref in watched], num_returns=len(watched), timeout=timeout, fetch_local=False)[0])
+    probes = {node: _helper(ray, "probe").remote(ref) for node, ref in watched if node in bare and ref in done}
     for node, ref in watched:
         if ref in done:
             try:
-                ray.get(ref)
+                ray.get(probes.get(node, ref))
             except Exception as exc:  # noqa: BLE001 - the first failure in their order
+                if node in bare and isinstance(exc, rex.ObjectLostError):
+                    continue  # its value went with its Ray node: not an error of its own
                 return node, exc
     return None
 

@@ -30,6 +30,9 @@ def cluster():
 
     register_by_value(__name__)
     temp_dir = tempfile.mkdtemp(prefix="ffrayf", dir="/tmp")
+    # Cluster writes <tempdir>/ray/ray_current_cluster whatever temp_dir says, and fails if no
+    # earlier ray.init made that folder (this module run alone on a fresh machine)
+    os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)
     # a head that runs nothing of ours (num_cpus=0, as Ray advises), and a worker raylet with 2 CPUs
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "temp_dir": temp_dir,
                                                       "include_dashboard": False})
