@@ -1215,7 +1215,8 @@ def s3_storage(options: dict) -> FileStorage:
     path = options.get("path")
     if not isinstance(path, str) or not path.removeprefix("s3://").strip("/"):
         raise InvalidOptionError(f'storage kind "S3" needs the option "path" (bucket/prefix), got {path!r}')
-    path = path.removeprefix("s3://")
+    # "/bucket/prefix" and "bucket/prefix" are one place: the bucket is the first part either way
+    path = path.removeprefix("s3://").lstrip("/")
     timeout = _timeout_option("S3", options)
     try:
         import s3fs

@@ -231,6 +231,15 @@ def test_no_stale_listings_between_storage_objects(moto_s3):
     assert second.list_tasks("wf") == []
 
 
+def test_a_leading_slash_names_the_same_bucket_and_prefix(moto_s3):
+    bucket = moto_s3.new_bucket()
+    plain = storage_factory(moto_s3.storage_options(f"{bucket}/p"))
+    slashed = storage_factory(moto_s3.storage_options(f"/{bucket}/p"))
+    assert slashed.describe() == plain.describe() == f"S3 storage s3://{bucket}/p"
+    slashed.save("wf", "a", 41)
+    assert plain.read_task("wf", "a") == 41 and plain.list_tasks("wf") == ["a"]
+
+
 def test_concurrent_saves_from_threads(moto_s3):
     bucket = moto_s3.new_bucket()
     storage = storage_factory(moto_s3.storage_options(f"{bucket}/t"))
