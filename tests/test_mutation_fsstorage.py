@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -1350,3 +1351,35 @@ def test_a_file_storage_on_a_dir_url_saves_and_removes(tmp_path):
     storage.save("w", "n", 1)
     assert storage.read_task("w", "n") == 1
     storage.remove_workflow("w")
+
+
+def test_a_write_cut_short_by_a_signal_is_finished():
+    """``os.write`` returns early when a signal arrives after part of the data is written (a
+    blocked pipe here, a slow disk or network file system elsewhere): the rest must follow."""
+    read_end, write_end = os.pipe()
+    data = bytes(range(256)) * 4096  # 1 MiB, far more than a pipe holds (64 KiB)
+    got = bytearray()
+    drain = threading.Event()
+
+    def reader():
+        drain.wait(60)
+        while chunk := os.read(read_end, 1 << 16):
+            got.extend(chunk)
+
+    def on_alarm(signum, frame):
+        drain.set()  # the write is blocked on a full pipe: let the reader empty it from now on
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        fsstorage._write_all(write_end, data)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        drain.set()
+        os.close(write_end)
+        thread.join(60)
+        os.close(read_end)
+    assert bytes(got) == data
