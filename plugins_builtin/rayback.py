@@ -2,7 +2,9 @@
 
 The driver submits the whole graph without blocking: a node's arguments are the
 ObjectRefs of its parents, so Ray moves results between workers and the driver
-fetches only the leaves and a small record per node. Each task or actor method
+fetches only the leaves and a small record per node it waits for (a node whose
+children take its value is waited for through them, unless hooks want every node's
+record: its task returns the value alone). Each task or actor method
 runs the node call (:func:`functionfuse.nodecall.run_node_call`), so node plugins,
 ``ff_execute_node`` and the storage hooks run in the worker; the driver fires the
 run hooks and ``ff_before_node`` / ``ff_after_node`` / ``ff_node_error`` as
