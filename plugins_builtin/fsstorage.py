@@ -517,9 +517,22 @@ class FileStorage(Storage):
                                f"failed: {_timeout_text(exc)}") from exc
         try:
             self._save(workflow_name, task_name, obj, fp_bytes)
-        finally:
+        except BaseException as exc:  # the save's own error is the one to see; a later failure goes with it
             if marker is not None:
+                try:
+                    self._finish_writer(workflow_name, marker)
+                except Exception as later:  # noqa: BLE001
+                    exc.add_note(f"then marking the failed save finished failed too: {_timeout_text(later)}")
+            raise
+        if marker is not None:
+            try:
                 self._finish_writer(workflow_name, marker)
+            except Exception as exc:
+                # saved and readable; its marker still says "writing", so no index is trusted for it
+                raise StorageError(
+                    f"{self.describe()}: node {task_name!r} of workflow {workflow_name!r} was saved, but marking "
+                    f"the save finished failed: {_timeout_text(exc)}"
+                ) from exc
 
     # -- the fingerprint index and its writers ------------------------------------------
     def _fp_dir(self, workflow_name: str) -> str:

@@ -1383,3 +1383,44 @@ def test_a_write_cut_short_by_a_signal_is_finished():
         thread.join(60)
         os.close(read_end)
     assert bytes(got) == data
+
+
+class _FolderSwapper(BlobSerializer):
+    """Writes the blob, then puts a file where the workflow's .fffp folder was (another
+    process, or a user, tidying the disk while the save runs)."""
+
+    name = "swapper"
+
+    def __init__(self, fffp: str, then_fail: bool = False):
+        super().__init__()
+        self.fffp, self.then_fail = fffp, then_fail
+
+    def write(self, obj, fs, path):
+        token = super().write(obj, fs, path)
+        shutil.rmtree(self.fffp)
+        with open(self.fffp, "w") as handle:
+            handle.write("not a folder")
+        if self.then_fail:
+            raise RuntimeError("disk full (injected)")
+        return token
+
+
+@pytest.mark.parametrize("then_fail", [False, True])
+def test_a_save_whose_writer_mark_cannot_be_finished_says_so_and_keeps_the_first_error(tmp_path, then_fail):
+    storage = FileStorage(str(tmp_path))
+    storage.save("wf", "before", 1, fingerprint="f" * 32)  # makes wf/.fffp
+    fffp = storage._fp_dir("wf")
+    assert os.path.isdir(fffp)
+    storage.register_persistent_serializers(_FolderSwapper(fffp, then_fail))
+    if then_fail:
+        # the serializer's failure is the error; the failed clean-up is a note on it
+        with pytest.raises(SerializationError, match="disk full") as info:
+            storage.save("wf", "node", Blob(b"abc"), fingerprint="a" * 32)
+        assert any("marking the failed save finished failed too: NotADirectoryError" in n
+                   for n in getattr(info.value, "__notes__", []))
+        assert storage.read_task("wf", "before") == 1
+    else:
+        with pytest.raises(StorageError, match=r"node 'node' of workflow 'wf' was saved, but marking the save "
+                                               r"finished failed: NotADirectoryError"):
+            storage.save("wf", "node", Blob(b"abc"), fingerprint="a" * 32)
+        assert storage.read_task("wf", "node") == Blob(b"abc")  # saved, as the error says
