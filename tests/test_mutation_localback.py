@@ -229,6 +229,26 @@ def test_a_failing_node_stops_the_run_and_names_itself(path, tmp_path):
                                                                                 socket.gethostname())
 
 
+@workflow
+def slow_boom(prev):
+    time.sleep(0.2)
+    raise ValueError("slow and bad")
+
+
+def test_a_failed_node_is_recorded_with_when_it_began_and_how_long_it_took():
+    """The failed call's start is when it began (not when it failed) and its duration spans the call:
+    began <= start, start + duration <= ended, duration >= the 0.2 s the call slept."""
+    events = Events()
+    bad = slow_boom(make(1, "a").set_name("a")).set_name("bad")
+    began = time.time()
+    with pytest.raises(NodeExecutionError, match="node 'bad'"):
+        LocalWorkflow(bad, workflow_name="timed", plugins=[events]).run()
+    ended = time.time()
+    info = events.infos["bad"]
+    assert info["duration"] >= 0.2
+    assert began <= info["start"] <= info["start"] + info["duration"] <= ended + 0.001
+
+
 class Unreadable:
     """Saves fine; reading it back raises."""
 
