@@ -487,6 +487,10 @@ def test_a_refused_name_is_quoted_with_its_reason(what):
         assert str(info.value) == message, name
     for name in ("x" * 200, "é" * 100, "a.b", "a..", "node_0001", "ü"):  # 200 bytes is the most allowed
         assert validate_name(name, what) is name
+    # names met for the first time in this process (a passed name is remembered and not checked again)
+    fresh = uuid.uuid4().hex
+    for name in ("x" * 168 + fresh, "é" * 84 + fresh):  # 200 bytes each
+        assert validate_name(name, what) is name
     assert echo(1).set_name("é" * 100).name == "é" * 100
 
 
@@ -526,3 +530,36 @@ def test_a_callable_without_a_qualname_gets_a_default_name_and_runs():
     assert a.qualname == "partial" and a.name.startswith("partial_") and a.has_default_name
     assert b.qualname == "Tripler" and b.name.startswith("Tripler_")
     assert LocalWorkflow(a, b, workflow_name="callables").run() == [16, 15]
+
+
+def test_a_new_pattern_of_dependency_positions_puts_each_value_in_its_place():
+    from functionfuse import frontend
+
+    @workflow
+    def tens(i):
+        return i * 10
+
+    @workflow
+    def gather(*xs):
+        return xs
+
+    positions = (5, 17, 33, 62)
+    # a pattern no node of this process had before (the positions tuple of each pattern is shared)
+    frontend._slot_patterns.pop(sum(1 << p for p in positions), None)
+    node = gather(*[tens(p) if p in positions else p for p in range(64)])
+    assert node.slots == positions
+    assert LocalWorkflow(node).run() == tuple(p * 10 if p in positions else p for p in range(64))
+
+
+def test_a_callable_object_with_a_name_but_no_qualname_names_its_nodes_by_that_name():
+    class Scaler:
+        def __init__(self):
+            self.__name__ = "scale_by_two"  # as functools.wraps would give a wrapper object
+
+        def __call__(self, x):
+            return 2 * x
+
+    scaler = Scaler()
+    assert not hasattr(scaler, "__qualname__")
+    node = workflow(scaler)(21)
+    assert node.name.startswith("scale_by_two_") and LocalWorkflow(node).run() == 42
