@@ -27,7 +27,7 @@ from functionfuse.base import READ, Run, Workflow, info_of
 from functionfuse.errors import InvalidOptionError
 from functionfuse.frontend import Node
 from functionfuse.markers import hookimpl
-from functionfuse.nodecall import NodeCall, _tag, node_error_name, run_node_call, worker_location
+from functionfuse.nodecall import NodeCall, _tag, node_error_name, pack_call, run_node_call, unpack_call, worker_location
 
 from .raycluster import check_init_args, check_resources, ensure_ray, validate_remote_args
 
@@ -62,7 +62,8 @@ def _task_body(func: Any, check: bool = False, record: bool = True) -> Any:
     A second return costs Ray about as much as the rest of a trivial task's overhead.
     """
 
-    def body(call: NodeCall, *values: Any) -> Any:
+    def body(call: NodeCall | bytes, *values: Any) -> Any:
+        call = unpack_call(call)  # shipped as bytes when it could be (pack_call)
         value, start, duration = run_node_call(call, values, func)
         if check:
             import ray
@@ -286,10 +287,11 @@ class RayWorkflow(Workflow):
                     remote = _remote_for(ray, node.func, check=node in leaves, record=watch)
                     if remote_args or self.task_options:
                         remote = remote.options(**{**self.task_options, **(remote_args or {})})
+                    shipped = pack_call(call)
                     if watch:
-                        meta, value = remote.remote(call, *values)
+                        meta, value = remote.remote(shipped, *values)
                     else:
-                        meta = value = remote.remote(call, *values)
+                        meta = value = remote.remote(shipped, *values)
                         bare.add(node)
                 elif kind == "method":
                     meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values)
