@@ -1,0 +1,351 @@
+"""Tests written against the survivors of tools/mutation.sh for plugins_builtin/fsstorage.py, second round.
+
+What they pin, each a documented promise the first round (tests/test_mutation_fsstorage.py)
+left open:
+
+- ``timeout`` bounds every call to a network filesystem: each kind of request the storage
+  makes (look, read, read of a header, list, put of a marker, remove, remove of a tree) fails
+  with fsspec's time-out when the endpoint accepts connections and never answers;
+- a folder removed with its workflow is made again before anything is written in it;
+- results of the old layout (FFR1) read their serializer data from ``<task>.ffd/<n>``;
+- an intact header is recognised whatever follows it;
+- a serializer registered by an installed plugin (an entry point) is found by name when
+  reading: an instance as it is, a missing module named as the serializer's;
+- names are taken as they are from listings of other filesystems (no stripping);
+- a ``.fffp`` that is not a folder is "no ``.fffp`` folder";
+- which writer is alive: the pid is what comes before the first ``@``, and a live process
+  of another user counts as alive.
+
+Real parts only: files in tmp_path, fsspec's memory filesystem (each test clears what it
+made), and for the time-outs a TCP server on 127.0.0.1 that accepts connections and
+never answers, reached by s3fs.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import sys
+import threading
+import zlib
+
+import fsspec
+import pytest
+
+from functionfuse import manager
+from functionfuse.errors import CorruptResultError, MissingExtraError, SerializationError, StorageError
+from plugins_builtin.fsstorage import FileStorage
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+
+
+class Blob:
+    """A value a serializer writes as a file of its own (as zarr writes an array)."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def __eq__(self, other):
+        return isinstance(other, Blob) and other.data == self.data
+
+
+class RecordingSerializer:
+    """Writes a Blob as one file; remembers the paths it was given to read."""
+
+    def __init__(self, name: str = "blob2"):
+        self.name = name
+        self.read_paths: list[str] = []
+
+    def match(self, obj):
+        return isinstance(obj, Blob)
+
+    def write(self, obj, fs, path):
+        fs.pipe_file(path, obj.data)
+        return len(obj.data)
+
+    def read(self, token, fs, path):
+        self.read_paths.append(path)
+        data = fs.cat_file(path)
+        assert len(data) == token
+        return Blob(data)
+
+
+def ffr3_header(payload: bytes, data_id: bytes = b"", fingerprint: bytes = b"") -> bytes:
+    """The FFR3 header, built from the module docstring's description (not from the code)."""
+    tail = data_id + fingerprint
+    fields = struct.pack("<4sQIHB", b"FFR3", len(payload), zlib.crc32(payload, zlib.crc32(tail)),
+                         len(data_id), len(fingerprint))
+    return fields + struct.pack("<I", zlib.crc32(tail, zlib.crc32(fields))) + tail
+
+
+@pytest.fixture
+def memory_root():
+    """A fresh folder on fsspec's memory filesystem, removed afterwards."""
+    fs = fsspec.filesystem("memory")
+    root = f"/ff-mut2-{os.getpid()}-{threading.get_ident()}"
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    yield f"memory://{root}"
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+
+
+# ---------------------------------------------------------------------------
+# timeout: an endpoint that accepts connections and never answers
+# ---------------------------------------------------------------------------
+
+
+class SilentServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers (a hung S3 endpoint).
+
+    After ``give_up`` seconds it drops every connection: a call that is not bounded by the
+    storage's deadline then fails (with another error than the deadline's) instead of hanging.
+    """
+
+    def __init__(self, give_up: float = 10.0):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.connections: list[socket.socket] = []
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+        self.timer = threading.Timer(give_up, self.close)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def _accept(self):
+        while True:
+            try:
+                connection, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections.append(connection)
+            threading.Thread(target=self._continue, args=(connection,), daemon=True).start()
+
+    @staticmethod
+    def _continue(connection):
+        """Let a PUT send its body (``Expect: 100-continue``), then say nothing more: without the
+        deadline the client waits for the answer for its read time-out, not for ever."""
+        head = b""
+        try:
+            while b"\r\n\r\n" not in head:
+                chunk = connection.recv(65536)
+                if not chunk:
+                    return
+                head += chunk
+            if b"100-continue" in head.lower():
+                connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except OSError:
+            pass
+
+    def close(self):
+        self.timer.cancel()
+        self.sock.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def hung_storage(silent, root: str = "bucket/prefix") -> FileStorage:
+    """An S3 storage whose endpoint never answers; its deadline (0.2 s) is far below the
+    read time-out of each attempt (5 s), so only the deadline can end a call quickly."""
+    import s3fs
+
+    fs = s3fs.S3FileSystem(endpoint_url=silent.endpoint, key="testing", secret="testing",
+                           skip_instance_cache=True, use_listings_cache=False,
+                           config_kwargs={"connect_timeout": 5, "read_timeout": 5,
+                                          "retries": {"max_attempts": 1, "mode": "standard"}})
+    fs.retries = 1
+    return FileStorage(root, fs=fs, kind="S3", timeout=0.2)
+
+
+def timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is fsspec's time-out of the whole call."""
+    from fsspec.exceptions import FSTimeoutError
+
+    while exc is not None:
+        if isinstance(exc, FSTimeoutError):
+            return True
+        exc = exc.__cause__
+    return False
+
+
+@pytest.mark.parametrize("call", [
+    pytest.param(lambda st: st.file_exists("w", "n"), id="exists"),
+    pytest.param(lambda st: st.read_meta("w", "k"), id="read"),
+    pytest.param(lambda st: st.remove_meta("w", "k"), id="remove_file"),
+    pytest.param(lambda st: st.remove_workflow("w"), id="remove_tree"),
+    pytest.param(lambda st: st.list_tasks("w"), id="listdir"),
+    pytest.param(lambda st: st.begin_run("w"), id="writers"),
+    pytest.param(lambda st: st.save("w", "n", 1), id="marker"),
+])
+def test_every_call_to_a_silent_endpoint_ends_at_the_storages_timeout(silent, call):
+    storage = hung_storage(silent)
+    with pytest.raises(StorageError) as caught:
+        call(storage)
+    assert timed_out(caught.value), repr(caught.value)
+    assert "timed out (FSTimeoutError)" in str(caught.value)
+    assert str(caught.value).startswith("S3 storage s3://bucket/prefix: ")
+
+
+def test_reading_a_header_and_touching_a_marker_end_at_the_timeout_too(silent):
+    storage = hung_storage(silent)
+    with pytest.raises(Exception) as caught:  # noqa: B017 - the type is checked below
+        storage.data_path("w", "n")  # reads only the head of the result
+    assert timed_out(caught.value), repr(caught.value)
+    with pytest.raises(Exception) as caught:  # noqa: B017
+        storage._touch("bucket/prefix/w/.fffp/mark")
+    assert timed_out(caught.value), repr(caught.value)
+
+
+def test_removing_a_tree_whose_name_holds_glob_characters_ends_at_the_timeout(silent):
+    storage = hung_storage(silent, "bucket/runs[1]")  # literal: listed with find, not rm's glob
+    with pytest.raises(StorageError) as caught:
+        storage.remove_workflow("w")
+    assert timed_out(caught.value), repr(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# folders removed with their workflow are made again
+# ---------------------------------------------------------------------------
+
+
+def test_metadata_is_created_again_after_its_workflow_was_removed(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    assert storage.create_meta("w", "lock", b"first") is True
+    storage.remove_workflow("w")
+    assert not (tmp_path / "st" / "w").exists()
+    assert storage.create_meta("w", "lock", b"second") is True
+    assert storage.read_meta("w", "lock") == b"second"
+
+
+def test_only_the_removed_folder_and_what_is_under_it_are_forgotten(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    storage.create_meta("w", "lock", b"1")
+    storage.create_meta("wx", "lock", b"1")  # a sibling whose name starts like it
+    storage.remove_workflow("w")
+    assert storage.create_meta("w", "lock", b"2") is True
+    assert storage.create_meta("wx", "other", b"3") is True
+    assert storage.list_meta("wx") == ["lock", "other"]
+
+
+# ---------------------------------------------------------------------------
+# old layout: FFR1 results read their serializer data from <task>.ffd/<n>
+# ---------------------------------------------------------------------------
+
+
+def test_an_ffr1_result_reads_its_serializer_data_from_the_data_folder_itself(tmp_path):
+    root = tmp_path / "st"
+    serializer = RecordingSerializer()
+    writer = FileStorage(str(root))
+    writer.register_persistent_serializers(serializer)
+    writer.save("w", "n", {"x": Blob(b"abc")})
+    # rewrite it as an FFR1 result: data in n.ffd/0, header without a data id
+    folder = root / "w"
+    data_id = os.path.basename(writer.data_path("w", "n"))
+    blob = (folder / "n.ffr").read_bytes()
+    payload = blob[23 + len(data_id):]
+    os.rename(folder / "n.ffd" / data_id / "0", folder / "n.ffd" / "0")
+    os.rmdir(folder / "n.ffd" / data_id)
+    (folder / "n.ffr").write_bytes(struct.pack("<4sQI", b"FFR1", len(payload), zlib.crc32(payload)) + payload)
+    reader = FileStorage(str(root))
+    reader.register_persistent_serializers(serializer)
+    assert reader.read_task("w", "n") == {"x": Blob(b"abc")}
+    assert serializer.read_paths == [f"{root}/w/n.ffd/0"]
+
+
+# ---------------------------------------------------------------------------
+# an intact header is recognised whatever follows it
+# ---------------------------------------------------------------------------
+
+
+def test_an_intact_header_without_a_pickle_fails_as_a_pickle_not_as_a_header(tmp_path):
+    root = tmp_path / "st"
+    (root / "w").mkdir(parents=True)
+    (root / "w" / "n.ffr").write_bytes(ffr3_header(b""))  # exactly the fixed header: 23 bytes
+    storage = FileStorage(str(root))
+    with pytest.raises(SerializationError) as caught:
+        storage.read_task("w", "n")
+    assert not isinstance(caught.value, CorruptResultError)
+    assert "cannot be unpickled" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------
+# a serializer an installed plugin registers is found by name when reading
+# ---------------------------------------------------------------------------
+
+PLUGIN_MODULE = '''
+from functionfuse import hookimpl
+
+
+class InstanceSerializer:
+    name = "ff2inst"
+
+    def match(self, obj):
+        return False
+
+    def write(self, obj, fs, path):
+        raise AssertionError("not used to write")
+
+    def read(self, token, fs, path):
+        return ("read by the registered instance", token)
+
+
+INSTANCE = InstanceSerializer()
+
+
+@hookimpl
+def ff_serializers(register):
+    register("ff2inst", INSTANCE)  # an instance, not a class
+    register("ff2ghost", "ff2_no_such_module:GhostSerializer")  # its module is not installed
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path, monkeypatch):
+    """A distribution on sys.path whose entry point (group ``functionfuse``) registers serializers."""
+    site = tmp_path / "site"
+    dist = site / "ff_mut2_plugin-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ff-mut2-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[functionfuse]\nff_mut2 = ff_mut2_plugin\n")
+    (site / "ff_mut2_plugin.py").write_text(PLUGIN_MODULE)
+    monkeypatch.delenv("FUNCTIONFUSE_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.syspath_prepend(str(site))
+    manager.clear_cache()
+    yield
+    manager.clear_cache()
+    sys.modules.pop("ff_mut2_plugin", None)
+
+
+class NamedSerializer(RecordingSerializer):
+    def read(self, token, fs, path):
+        raise AssertionError("the reader has no serializers of its own")
+
+
+def write_with(root, name: str) -> None:
+    writer = FileStorage(str(root))
+    writer.register_persistent_serializers(NamedSerializer(name))
+    writer.save("w", "n", [Blob(b"xy")])
+
+
+def test_a_serializer_registered_as_an_instance_is_used_as_it_is(tmp_path, installed_plugin):
+    write_with(tmp_path / "st", "ff2inst")
+    assert FileStorage(str(tmp_path / "st")).read_task("w", "n") == [("read by the registered instance", 2)]
+
+
+def test_a_registered_serializer_whose_module_is_missing_is_named_as_a_serializer(tmp_path, installed_plugin):
+    write_with(tmp_path / "st", "ff2ghost")
+    with pytest.raises(MissingExtraError) as caught:
+        FileStorage(str(tmp_path / "st")).read_task("w", "n")
+    assert str(caught.value).startswith("serializer 'ff2ghost' needs the package 'ff2_no_such_module'")
