@@ -11,8 +11,9 @@ left open:
 - an intact header is recognised whatever follows it;
 - a serializer registered by an installed plugin (an entry point) is found by name when
   reading: an instance as it is, a missing module named as the serializer's;
-- names are taken as they are from listings of other filesystems (no stripping);
-- a ``.fffp`` that is not a folder is "no ``.fffp`` folder";
+- names are taken as they are from listings of other filesystems (no stripping): metadata
+  keys, and the fingerprints in the markers of earlier versions;
+- a ``.fffp`` that is not a folder is "no ``.fffp`` folder" (its results have no fingerprint);
 - which writer is alive: the pid is what comes before the first ``@``, and a live process
   of another user counts as alive.
 
@@ -24,8 +25,10 @@ never answers, reached by s3fs.
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import zlib
@@ -35,6 +38,7 @@ import pytest
 
 from functionfuse import manager
 from functionfuse.errors import CorruptResultError, MissingExtraError, SerializationError, StorageError
+from plugins_builtin import fsstorage
 from plugins_builtin.fsstorage import FileStorage
 
 # ---------------------------------------------------------------------------
@@ -349,3 +353,77 @@ def test_a_registered_serializer_whose_module_is_missing_is_named_as_a_serialize
     with pytest.raises(MissingExtraError) as caught:
         FileStorage(str(tmp_path / "st")).read_task("w", "n")
     assert str(caught.value).startswith("serializer 'ff2ghost' needs the package 'ff2_no_such_module'")
+
+
+# ---------------------------------------------------------------------------
+# names from listings of other filesystems are taken as they are
+# ---------------------------------------------------------------------------
+
+
+def test_metadata_keys_are_listed_as_they_are_on_another_filesystem(memory_root):
+    storage = FileStorage(memory_root)
+    for key in ("BOX", "run ", "plain"):  # a key may end with a capital, or a space
+        storage.save_meta("w", key, key.encode())
+    assert storage.list_meta("w") == ["BOX", "plain", "run "]
+    assert [storage.read_meta("w", key) for key in storage.list_meta("w")] == [b"BOX", b"plain", b"run "]
+
+
+def test_fingerprints_of_old_markers_are_taken_as_they_are_on_another_filesystem(memory_root):
+    storage = FileStorage(memory_root)
+    fs, root = storage.fs, storage.root
+    payload = pickle.dumps(1, protocol=5)
+    ffr2 = struct.pack("<4sQIH", b"FFR2", len(payload), zlib.crc32(payload), 0) + payload
+    for task, fingerprint in (("t", "abcX"), ("u", "abc ")):  # an FFR2 result and its one marker
+        fs.pipe_file(f"{root}/w/{task}.ffr", ffr2)
+        fs.pipe_file(f"{root}/w/.fffp/{task}@{fingerprint}", b"")
+    assert storage.list_fingerprints("w") == {"t": "abcX", "u": "abc "}
+
+
+def test_a_fffp_that_is_not_a_folder_means_no_fingerprints(tmp_path):
+    storage = FileStorage(str(tmp_path / "st"))
+    storage.save("w", "n", 1, fingerprint="f" * 32)
+    fp_dir = tmp_path / "st" / "w" / ".fffp"
+    for entry in os.listdir(fp_dir):
+        os.unlink(fp_dir / entry)
+    os.rmdir(fp_dir)
+    fp_dir.write_bytes(b"")  # a file where the folder was: there is no .fffp folder
+    assert storage.list_fingerprints("w") == {"n": None}
+
+
+# ---------------------------------------------------------------------------
+# which writer is alive
+# ---------------------------------------------------------------------------
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(60)
+    return process.pid
+
+
+def test_the_pid_is_what_comes_before_the_first_at_sign():
+    pid = dead_pid()
+    # the random part is whatever follows the host's last dash, an @ in it included
+    assert fsstorage.writer_alive(f"{pid}@{fsstorage._HOST}-ab@cd") is False
+    assert fsstorage.writer_alive(f"{fsstorage.TMP_PREFIX}{pid}@{fsstorage._HOST}-0@1") is False
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+def test_a_live_process_of_another_user_counts_as_alive():
+    tag = f"{os.getpid()}@{fsstorage._HOST}-0123456789abcdef"  # this process, as seen by another user
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: become nobody, look whether its (root) parent is alive, report
+        try:
+            os.close(read)
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(write, b"1" if fsstorage.writer_alive(tag) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as handle:
+        answer = handle.read()
+    os.waitpid(child, 0)
+    assert answer == b"1"
