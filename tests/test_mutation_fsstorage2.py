@@ -15,7 +15,7 @@ left open:
   keys, and the fingerprints in the markers of earlier versions;
 - a ``.fffp`` that is not a folder is "no ``.fffp`` folder" (its results have no fingerprint);
 - which writer is alive: the pid is what comes before the first ``@``, and a live process
-  of another user counts as alive.
+  of another user counts as alive, and so does one whose state /proc cannot tell.
 
 Real parts only: files in tmp_path, fsspec's memory filesystem (each test clears what it
 made), and for the time-outs a TCP server on 127.0.0.1 that accepts connections and
@@ -427,3 +427,32 @@ def test_a_live_process_of_another_user_counts_as_alive():
         answer = handle.read()
     os.waitpid(child, 0)
     assert answer == b"1"
+
+
+def test_a_live_process_whose_state_cannot_be_read_counts_as_alive():
+    """Where /proc cannot tell whether a live pid is a zombie, the writer may still be writing."""
+    import ctypes
+
+    tag = f"{os.getpid()}@{fsstorage._HOST}-0123456789abcdef"  # this (live) process
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: its own mount namespace, an empty /proc in it, then look
+        try:
+            os.close(read)
+            libc = ctypes.CDLL(None, use_errno=True)
+            ms_rec, ms_private, clone_newns = 0x4000, 1 << 18, 0x00020000
+            if (libc.unshare(clone_newns) != 0 or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
+                    or libc.mount(b"none", b"/proc", b"tmpfs", 0, None) != 0):
+                os.write(write, b"skip")
+            else:
+                os.write(write, b"1" if fsstorage.writer_alive(tag) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as handle:
+        answer = handle.read()
+    os.waitpid(child, 0)
+    if answer == b"skip":
+        pytest.skip("cannot make a mount namespace here (needs CAP_SYS_ADMIN)")
+    assert answer == b"1"
+    assert os.path.exists(f"/proc/{os.getpid()}/stat")  # this process's /proc is untouched
