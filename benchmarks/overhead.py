@@ -168,7 +168,7 @@ def best(fn, repeat: int):
 
 def measure_one(shape: str, n: int, with_dask: bool = True) -> dict:
     """One fresh process's figures for one shape and size (seconds for the whole graph)."""
-    repeat = 3 if n <= 10_000 else 1
+    repeat = 3  # the same best-of-3 at every size, so that per-node costs compare
     ff_runs, direct_runs = [], []
     for _ in range(repeat):  # interleaved, so a burst of load hits both sides
         gc.collect()
