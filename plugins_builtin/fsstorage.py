@@ -255,6 +255,7 @@ class FileStorage(Storage):
         """The folder holding every saved version of a node's serializer data."""
         return f"{self.root}/{workflow_name}/{task_name}{DATA_SUFFIX}"
 
+    @_reported
     def data_path(self, workflow_name: str, task_name: str) -> str | None:
         """The folder of the serializer data the committed result of ``task_name`` uses, or ``None``."""
         self.check_names(workflow_name, task_name)
@@ -324,13 +325,6 @@ class FileStorage(Storage):
                 self._forget_dirs(folder)
                 self._ensure_dir(folder)
                 self.fs.pipe_file(path, data, **self._deadline)
-
-    def _touch(self, path: str) -> None:
-        """Create an empty file (a marker: empty or absent, never half written, so no temporary)."""
-        if self.local:
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o666))
-        else:
-            self.fs.pipe_file(path, b"", **self._deadline)
 
     def _read_bytes(self, path: str, end: int | None = None) -> bytes:
         if self.local:

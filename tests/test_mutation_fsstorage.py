@@ -174,18 +174,6 @@ def test_timeouts_are_named_as_such_and_other_errors_by_their_class():
 # ---------------------------------------------------------------------------
 
 
-def test_touch_creates_an_empty_file_locally_and_elsewhere(tmp_path):
-    local = FileStorage(str(tmp_path / "st"))
-    local._ensure_dir(local.root)
-    path = f"{local.root}/mark"
-    local._touch(path)
-    assert os.path.getsize(path) == 0
-    assert stat.S_IMODE(os.stat(path).st_mode) == umasked(0o666)
-    memory = FileStorage(f"memory://ff-touch-{tmp_path.name}")
-    memory._touch(f"{memory.root}/mark")
-    assert memory.fs.cat_file(f"{memory.root}/mark") == b""
-
-
 def test_result_files_markers_and_metadata_honour_the_umask(tmp_path):
     storage = FileStorage(str(tmp_path / "st"))
     run = storage.begin_run("w")
@@ -1282,13 +1270,6 @@ def test_data_path_refuses_names_that_are_not_storage_keys(tmp_path):
         for call in (storage.data_path, storage.read_task, lambda w, t: storage.read_task_checked(w, t, "f")):
             with pytest.raises(InvalidNameError):
                 call(workflow_name, task_name)
-
-
-def test_touch_on_s3_puts_an_empty_object(moto):
-    bucket = moto.new_bucket()
-    storage = s3(moto, f"{bucket}/t")
-    storage._touch(f"{bucket}/t/mark")
-    assert moto.client().get_object(Bucket=bucket, Key="t/mark")["Body"].read() == b""
 
 
 def test_s3_options_that_s3fs_refuses_are_named_and_no_s3fs_option_is_fine():
