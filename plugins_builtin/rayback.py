@@ -255,8 +255,7 @@ class RayWorkflow(Workflow):
         actors: dict = {}  # object node -> actor handle
         watched: dict = {}  # ObjectRef of a node's run record -> node
         pending: list = []
-        metas: dict = {}  # node -> its record ref (kept to find which node failed): its value ref if in `bare`
-        bare: set = set()  # nodes submitted without a record (no one waits for them): see _task_body
+        metas: dict = {}  # node -> its record ref (kept to find which node failed); its value ref if not watched
         plan_compute = None
         remaining = run.consumers()  # node -> consumers not submitted yet: its value ref goes at 0
         keep = set(self.leaves)
@@ -273,7 +272,7 @@ class RayWorkflow(Workflow):
                 refs[node] = _helper(ray, "read").remote(call)
                 continue
             if max_pending and len(pending) >= max_pending:
-                pending = self._collect(ray, run, pending, watched, metas, bare)
+                pending = self._collect(ray, run, pending, watched, metas)
             kind = node.kind
             run.started(node)
             node_attrs = attrs.get(node) if attrs else None
@@ -291,8 +290,7 @@ class RayWorkflow(Workflow):
                     if watch:
                         meta, value = remote.remote(shipped, *values)
                     else:
-                        meta = value = remote.remote(shipped, *values)
-                        bare.add(node)
+                        meta = value = remote.remote(shipped, *values)  # no record: see _task_body
                 elif kind == "method":
                     meta, value = actors[node.obj].call.options(num_returns=2).remote(call, *values)
                 else:  # a stateful node: an actor
@@ -317,7 +315,7 @@ class RayWorkflow(Workflow):
                 pending.append(meta)
 
         while pending:
-            pending = self._collect(ray, run, pending, watched, metas, bare)
+            pending = self._collect(ray, run, pending, watched, metas)
         leaf_refs = []
         for leaf in self.leaves:
             ref = refs.get(leaf)
@@ -337,7 +335,7 @@ class RayWorkflow(Workflow):
                     run.fail(run.find(origin, leaf), _original(leaf_exc))
             raise exc
 
-    def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict, bare: set) -> list:
+    def _collect(self, ray: Any, run: Run, pending: list, watched: dict, metas: dict) -> list:
         """Wait for at least one watched result; fire hooks for what finished; raise on the first failure.
 
         Every few seconds without progress, the resources of what is in flight are checked again:
@@ -357,7 +355,7 @@ class RayWorkflow(Workflow):
         except Exception:  # noqa: BLE001 - some node failed: find which below
             records = None
         if records is None:
-            self._raise_first_failure(ray, run, ready, watched, metas, bare)
+            self._raise_first_failure(ray, run, ready, watched, metas)
         if run.reports_nodes:
             for ref, record in zip(ready, records):
                 run.finished(watched[ref], None, _info(record))
@@ -376,7 +374,7 @@ class RayWorkflow(Workflow):
             except InvalidOptionError as exc:
                 run.fail(node, exc, {}, f"it can never be scheduled: {exc}")
 
-    def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict, bare: set) -> None:
+    def _raise_first_failure(self, ray: Any, run: Run, ready: list, watched: dict, metas: dict) -> None:
         import ray.exceptions as rex
 
         position = {n: i for i, n in enumerate(self.nodes)}
@@ -393,6 +391,7 @@ class RayWorkflow(Workflow):
         elif cause is None or isinstance(exc, (rex.WorkerCrashedError, rex.RayActorError)):
             # No node name travelled with the error (a worker died): the earliest failed node in run order.
             earlier = list(itertools.takewhile(lambda item: item[0] is not node, metas.items()))  # in run order
+            bare = {n for n, ref in earlier if ref not in watched}  # their value refs: no record to wait for
             node, exc = _first_failure(ray, earlier, bare=bare) or (node, exc)
         if node.kind == "object" and origin is None and isinstance(exc, rex.RayActorError):
             # The actor died; the reply of its creation can be lost with it. Name the call it was running.

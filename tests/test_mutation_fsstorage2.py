@@ -28,7 +28,6 @@ import os
 import pickle
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import zlib
@@ -40,6 +39,7 @@ from functionfuse import manager
 from functionfuse.errors import CorruptResultError, MissingExtraError, SerializationError, StorageError
 from plugins_builtin import fsstorage
 from plugins_builtin.fsstorage import FileStorage
+from test_mutation_fsstorage import dead_pid  # the helper of the first round
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -393,11 +393,21 @@ def test_a_fffp_that_is_not_a_folder_means_no_fingerprints(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def dead_pid() -> int:
-    """The pid of a process that has exited and been reaped."""
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait(60)
-    return process.pid
+def answer_of_child(look) -> bytes:
+    """What ``look()`` returns in a forked child (which may change its user or mounts for it)."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(read)
+            os.write(write, look())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as handle:
+        answer = handle.read()
+    os.waitpid(child, 0)
+    return answer
 
 
 def test_the_pid_is_what_comes_before_the_first_at_sign():
@@ -410,21 +420,13 @@ def test_the_pid_is_what_comes_before_the_first_at_sign():
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
 def test_a_live_process_of_another_user_counts_as_alive():
     tag = f"{os.getpid()}@{fsstorage._HOST}-0123456789abcdef"  # this process, as seen by another user
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: become nobody, look whether its (root) parent is alive, report
-        try:
-            os.close(read)
-            os.setresgid(65534, 65534, 65534)
-            os.setresuid(65534, 65534, 65534)
-            os.write(write, b"1" if fsstorage.writer_alive(tag) else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as handle:
-        answer = handle.read()
-    os.waitpid(child, 0)
-    assert answer == b"1"
+
+    def look() -> bytes:  # become nobody, look whether the (root) parent is alive
+        os.setresgid(65534, 65534, 65534)
+        os.setresuid(65534, 65534, 65534)
+        return b"1" if fsstorage.writer_alive(tag) else b"0"
+
+    assert answer_of_child(look) == b"1"
 
 
 def test_a_live_process_whose_state_cannot_be_read_counts_as_alive():
@@ -432,24 +434,16 @@ def test_a_live_process_whose_state_cannot_be_read_counts_as_alive():
     import ctypes
 
     tag = f"{os.getpid()}@{fsstorage._HOST}-0123456789abcdef"  # this (live) process
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # the child: its own mount namespace, an empty /proc in it, then look
-        try:
-            os.close(read)
-            libc = ctypes.CDLL(None, use_errno=True)
-            ms_rec, ms_private, clone_newns = 0x4000, 1 << 18, 0x00020000
-            if (libc.unshare(clone_newns) != 0 or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
-                    or libc.mount(b"none", b"/proc", b"tmpfs", 0, None) != 0):
-                os.write(write, b"skip")
-            else:
-                os.write(write, b"1" if fsstorage.writer_alive(tag) else b"0")
-        finally:
-            os._exit(0)
-    os.close(write)
-    with os.fdopen(read, "rb") as handle:
-        answer = handle.read()
-    os.waitpid(child, 0)
+
+    def look() -> bytes:  # its own mount namespace, an empty /proc in it, then look
+        libc = ctypes.CDLL(None, use_errno=True)
+        ms_rec, ms_private, clone_newns = 0x4000, 1 << 18, 0x00020000
+        if (libc.unshare(clone_newns) != 0 or libc.mount(None, b"/", None, ms_rec | ms_private, None) != 0
+                or libc.mount(b"none", b"/proc", b"tmpfs", 0, None) != 0):
+            return b"skip"
+        return b"1" if fsstorage.writer_alive(tag) else b"0"
+
+    answer = answer_of_child(look)
     if answer == b"skip":
         pytest.skip("cannot make a mount namespace here (needs CAP_SYS_ADMIN)")
     assert answer == b"1"
