@@ -574,6 +574,9 @@ TWO_NODES = textwrap.dedent(
     def add(a, b):
         return a + b
 
+    # Cluster writes <tempdir>/ray/ray_current_cluster whatever temp_dir says, and fails if no
+    # earlier ray.init made that folder (a fresh machine)
+    os.makedirs(os.path.join(tempfile.gettempdir(), "ray"), exist_ok=True)
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"gpu_like": 1}, "include_dashboard": False,
         "temp_dir": tempfile.mkdtemp(prefix="ff2n", dir="/tmp")})
