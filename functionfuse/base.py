@@ -752,7 +752,8 @@ def _index_entries(storage: Any, workflow_name: str) -> tuple[dict, dict]:
     """The stored index as ``({name: (fp, code_fp, args_fp)}, manifests)``; empty when absent or unreadable.
 
     Stored as JSON columns (``names``, ``fp``, ``code``, ``args``: a dict per node cost most of the
-    writing); the earlier form, ``{"nodes": {name: {"fp", "code", "args"}}}``, is still read.
+    writing), a column of fingerprints packed into one string (:func:`_pack_column`); the earlier
+    forms (columns as lists, ``{"nodes": {name: {"fp", "code", "args"}}}``) are still read.
     """
     import json
 
@@ -769,7 +770,8 @@ def _index_entries(storage: Any, workflow_name: str) -> tuple[dict, dict]:
         index = json.loads(data)
         manifests = index.get("manifests") or {}
         if "names" in index:
-            names, fps, codes, args = index["names"], index["fp"], index["code"], index["args"]
+            names = index["names"]
+            fps, codes, args = (_unpack_column(index[key], len(names)) for key in ("fp", "code", "args"))
             if not len(names) == len(fps) == len(codes) == len(args):
                 return {}, {}
             return dict(zip(names, zip(fps, codes, args))), manifests
@@ -777,6 +779,26 @@ def _index_entries(storage: Any, workflow_name: str) -> tuple[dict, dict]:
                 for name, entry in (index.get("nodes") or {}).items()}, manifests
     except (ValueError, TypeError, AttributeError, KeyError):
         return {}, {}
+
+
+_HEX = 32  # the width of a fingerprint: an xxh3-128 hex digest
+
+
+def _pack_column(column: list) -> Any:
+    """A column of fingerprints as one string (``_HEX`` characters each: a JSON string per node costs
+    more than the rest of the index); any other column (one with ``None``) as it is."""
+    if column and all(map(str.__instancecheck__, column)) and set(map(len, column)) == {_HEX}:
+        return "".join(column)
+    return column
+
+
+def _unpack_column(column: Any, count: int) -> list:
+    """The list :func:`_pack_column` packed; a list as it is (a column of another length is damage)."""
+    if column.__class__ is str:
+        if len(column) != _HEX * count:
+            return []
+        return [column[i:i + _HEX] for i in range(0, len(column), _HEX)]
+    return column
 
 
 def write_fingerprint_index(workflow: Workflow, plan: ResumePlan, complete: bool) -> None:
@@ -793,25 +815,39 @@ def write_fingerprint_index(workflow: Workflow, plan: ResumePlan, complete: bool
     from .fingerprint import code_manifest
 
     old, old_manifests = _index_entries(storage, workflow.workflow_name)
-    entries = dict(old)
     manifests = dict(old_manifests)
     details = getattr(workflow, "_fp_details", {})
     no_detail = (None, None)
-    for node, fp in plan.fingerprints.items():
-        if not complete and node.kind != OBJECT and plan.sources.get(node) != node.name:
-            continue
-        code_fp, args_fp = details.get(node, no_detail)
-        entries[node.name] = (fp, code_fp, args_fp)
-        if code_fp is not None and code_fp not in manifests:
+    fingerprints = plan.fingerprints
+    if not complete:
+        sources = plan.sources
+        fingerprints = {node: fp for node, fp in fingerprints.items()
+                        if node.kind == OBJECT or sources.get(node) == node.name}
+    nodes = list(fingerprints)
+    parts = [details.get(node, no_detail) for node in nodes]
+    codes = [part[0] for part in parts]
+    for code_fp in set(codes) - manifests.keys():  # once per distinct code
+        if code_fp is not None:
+            func = nodes[codes.index(code_fp)].func
             try:
-                manifests[code_fp] = code_manifest(node.func)
+                manifests[code_fp] = code_manifest(func)
             except Exception:  # noqa: BLE001 - a manifest only serves the reasons
                 manifests[code_fp] = {}
-    if entries == old and manifests == old_manifests:
-        return
-    values = list(entries.values())
-    index = {"names": list(entries), "fp": [v[0] for v in values], "code": [v[1] for v in values],
-             "args": [v[2] for v in values], "manifests": manifests}
+    names = [node.name for node in nodes]
+    if old:  # this run's entries over the stored ones
+        entries = dict(old)
+        entries.update(zip(names, zip(fingerprints.values(), codes, (part[1] for part in parts))))
+        if entries == old and manifests == old_manifests:
+            return
+        values = list(entries.values())
+        names, fp_column, codes, args_column = list(entries), [v[0] for v in values], [v[1] for v in values], \
+            [v[2] for v in values]
+    else:
+        if not names and manifests == old_manifests:
+            return
+        fp_column, args_column = list(fingerprints.values()), [part[1] for part in parts]
+    index = {"names": names, "fp": _pack_column(fp_column), "code": _pack_column(codes),
+             "args": _pack_column(args_column), "manifests": manifests}
     storage.save_meta(workflow.workflow_name, FINGERPRINT_INDEX, json.dumps(index, separators=(",", ":")).encode())
 
 

@@ -1236,6 +1236,13 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
     versions = versions or {}
     exclude = exclude or {}
     ctx = _Context(hook, None, fps, include_package_versions)
+    # The common call (a plain function, arguments that are atoms or whole parents, no keyword, no
+    # exclusion, no version) is hashed in one go: xxh3 of the concatenated parts is what the
+    # hasher fed part by part gives (_args_digest, call_fingerprint), so the digests are the same.
+    encoders = _ATOM_ENCODERS
+    one_shot = xxhash.xxh3_128_hexdigest
+    call_tag = _ARGS_SALT + _KIND_TAGS["call"]
+    as_bytes: dict = {}  # node -> its fingerprint, encoded (each is hashed into its children)
     for node in order:
         func = node.func
         try:
@@ -1248,10 +1255,34 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
                 code_fps[func] = code_fp
             except TypeError:
                 pass
+        if node.kind == "call" and not node.kwargs and not (exclude and node in exclude) \
+                and not (versions and node in versions):
+            parts = [call_tag]
+            for a in node.args:
+                enc = encoders.get(a.__class__)
+                if enc is not None:
+                    parts.append(enc(a))
+                elif a.__class__ is Node and a in as_bytes:
+                    parts.append(b"P" + as_bytes[a])
+                else:
+                    break
+            else:
+                args_fp = one_shot(b"".join(parts))
+                parents = node._parents
+                parents = parents if parents.__class__ is tuple else (parents,)
+                parts = [_CALL_SALT, code_fp.encode(), args_fp.encode()]
+                parts.extend([as_bytes[p] for p in parents])
+                parts.append(b"|%d|" % len(parents))
+                fp = fps[node] = one_shot(b"".join(parts))
+                as_bytes[node] = fp.encode()
+                if details is not None:
+                    details[node] = (code_fp, args_fp)
+                continue
         names = exclude.get(node) if exclude else None
         try:
             args_fp = _args_digest(node, fps, ctx, _excluded(node, names) if names else None)
-            fps[node] = call_fingerprint(code_fp, args_fp, [fps[p] for p in node.parents], versions.get(node))
+            fp = fps[node] = call_fingerprint(code_fp, args_fp, [fps[p] for p in node.parents], versions.get(node))
+            as_bytes[node] = fp.encode()
             if details is not None:
                 details[node] = (code_fp, args_fp)
         except KeyError as missing:

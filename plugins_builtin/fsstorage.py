@@ -733,6 +733,9 @@ class FileStorage(Storage):
         folder = f"{self.root}/{workflow_name}"
         if folder not in self._made:
             self._ensure_dir(folder)
+        if self.local and self._selector is None and not self.persistent_serializers and not self.run_serializers:
+            self._save_pickle_locally(workflow_name, task_name, obj, fp_bytes, folder)
+            return
         data_id = writer_tag()
         # its temporary (and data) are never removed as stale meanwhile (set.add/discard/in are atomic
         # under the GIL: no lock on the hot path)
@@ -784,6 +787,65 @@ class FileStorage(Storage):
         if wrote_data:
             # Committed: earlier versions of this node's data are garbage now (unless a live writer owns them).
             self._remove_stale_data(workflow_name, task_name, keep=data_id)
+
+    def _save_pickle_locally(self, workflow_name: str, task_name: str, obj: Any, fp_bytes: bytes,
+                             folder: str) -> None:
+        """``_save`` of most results: no serializer to consult, a local folder, no data folder.
+
+        The same bytes and the same whole-or-not-at-all write as the general path, in one
+        function: the header and payload go to a temporary in ``folder`` that is renamed into place.
+        """
+        try:
+            try:
+                payload = pickle.dumps(obj, protocol=5)
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                payload = _pickle_by_value(obj, exc)
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise SerializationError(
+                f"the result of node {task_name!r} (workflow {workflow_name!r}) cannot be serialised: "
+                f"{type(exc).__name__}: {exc}; nothing was written for it"
+            ) from exc
+        crc32 = zlib.crc32
+        fields = _HEADER_FIELDS.pack(MAGIC, len(payload), crc32(payload, crc32(fp_bytes)), 0, len(fp_bytes))
+        data = fields + _CRC.pack(crc32(fp_bytes, crc32(fields))) + fp_bytes
+        tag = f"{_tag_state[0]}{next(_tag_state[2]):06x}"  # writer_tag(), inline
+        tmp = f"{folder}/{TMP_PREFIX}{tag}"
+        _in_progress.add(tag)  # its temporary is never removed as stale meanwhile
+        try:
+            try:
+                fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
+            except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
+                self._forget_dirs(folder)
+                self._ensure_dir(folder)
+                fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+            try:
+                try:
+                    if len(payload) <= _JOIN_BELOW:  # one write system call
+                        data += payload
+                        written = os.write(fd, data)
+                        if written != len(data):  # a short write: the rest
+                            _write_all(fd, memoryview(data)[written:])
+                    else:
+                        _write_all(fd, data)
+                        _write_all(fd, payload)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, f"{folder}/{task_name}{RESULT_SUFFIX}")
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+        except Exception as exc:
+            raise StorageError(
+                f"{self.describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
+                f"{_timeout_text(exc)}"
+            ) from exc
+        finally:
+            _in_progress.discard(tag)
 
     def _remove_if_empty(self, folder: str) -> None:
         if self.object_store:

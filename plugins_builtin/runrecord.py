@@ -37,6 +37,7 @@ from typing import Any
 
 from functionfuse.context import COMPUTED, FAILED, NOT_REACHED, OUTCOMES, STORED
 from functionfuse.errors import RunRecordNotFoundError
+from functionfuse.frontend import callable_qualname
 from functionfuse.markers import hookimpl
 
 __all__ = [
@@ -132,15 +133,20 @@ class NodeTable(Mapping):
         """``(node table, columns)`` as :func:`encode_record` stores them, straight from the outcomes."""
         order, outcomes = self.order, self.outcomes
         names = [node.name for node in order]
-        table = {"names": names, "kind": [node.kind for node in order],
-                 "qualname": [node.qualname for node in order]}
+        funcs = [node.func for node in order]
+        try:  # a qualname per distinct function, not per node
+            qualname_of = {func: callable_qualname(func) for func in set(funcs)}
+            qualnames = [qualname_of[func] for func in funcs]
+        except TypeError:  # an unhashable callable
+            qualnames = [node.qualname for node in order]
+        table = {"names": names, "kind": [node.kind for node in order], "qualname": qualnames}
         entries = [outcomes.get(name, _NO_OUTCOME) for name in names]
-        fields = set(_ENTRY_FIELDS)
-        for entry in outcomes.values():
-            if len(entry) > 1 and not entry.keys() <= fields:
-                fields.update(entry)
-        columns = {field: [entry.get(field, _ENTRY_FIELDS.get(field)) for entry in entries]
-                   for field in sorted(fields - set(_TABLE_FIELDS))}
+        present = set().union(*outcomes.values())  # the fields some entry has
+        columns = {}
+        for field in sorted((present | _ENTRY_FIELDS.keys()) - set(_TABLE_FIELDS)):
+            default = _ENTRY_FIELDS.get(field)
+            columns[field] = [entry.get(field, default) for entry in entries] if field in present else \
+                [default] * len(entries)
         return table, columns
 
 

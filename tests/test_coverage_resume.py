@@ -66,9 +66,11 @@ def storage(tmp_path):
 def test_the_index_is_columns_and_gives_the_reasons(storage):
     assert build(storage, 3).run() == 30
     stored = json.loads(storage.read_meta("wf", FINGERPRINT_INDEX))
-    assert stored["names"] == ["base", "scaled"] and len(stored["fp"]) == len(stored["code"]) == len(stored["args"]) == 2
+    # the fingerprint columns are packed: one string of 32 hex digits per node, in name order
+    assert stored["names"] == ["base", "scaled"] and len(stored["fp"]) == len(stored["code"]) == len(stored["args"]) == 64
     index = read_fingerprint_index(storage, "wf")
-    assert set(index["nodes"]) == {"base", "scaled"} and index["nodes"]["scaled"]["fp"] == stored["fp"][1]
+    assert set(index["nodes"]) == {"base", "scaled"} and index["nodes"]["scaled"]["fp"] == stored["fp"][32:]
+    assert index["nodes"]["base"]["code"] == stored["code"][:32] and index["nodes"]["base"]["args"] == stored["args"][:32]
     assert reasons(storage, 4)["scaled"] == ("recompute", "argument changed")
 
 
@@ -84,6 +86,7 @@ def test_an_index_of_the_earlier_form_is_still_read(storage):
 @pytest.mark.parametrize("damage", [
     {"names": ["base", "scaled"], "fp": ["x"], "code": [], "args": []},  # columns of other lengths
     {"names": ["base"], "fp": 5, "code": 5, "args": 5},  # not columns at all
+    {"names": ["base", "scaled"], "fp": "0" * 63, "code": "0" * 64, "args": "0" * 64},  # a packed column cut short
     ["a", "list"],
 ])
 def test_a_damaged_index_loses_the_reasons_not_the_results(storage, damage):
