@@ -580,8 +580,15 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
         start = now()
         began = clock()
         try:
-            args, kwargs = resolve_args(node, results)
-            value = node.func(*args, **kwargs) if kwargs else node.func(*args)
+            if node.argmode == ARGS_TOP and not node.kwargs:  # resolve_args, inline for the common call
+                args = list(node.args)
+                for position in node.slots:
+                    a = args[position]
+                    args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
+                value = node.func(*args)
+            else:
+                args, kwargs = resolve_args(node, results)
+                value = node.func(*args, **kwargs) if kwargs else node.func(*args)
             duration = clock() - began
             if node.kind != OBJECT and sources.get(node) != name:  # Run.saves: not a replayed, still-stored call
                 if fps is not None:
@@ -603,7 +610,14 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
         if outcomes is not None:
             outcomes[name] = {"start": start, "duration": duration, "worker": worker, "host": host,
                               "outcome": COMPUTED}
-        release_parents(node, remaining, results, keep)
+        parents = node._parents  # release_parents, inline
+        for parent in parents if parents.__class__ is tuple else (parents,):
+            left = remaining[parent] - 1
+            if left:
+                remaining[parent] = left
+            elif parent not in keep:
+                del remaining[parent]
+                results.pop(parent, None)
     return results
 
 

@@ -36,6 +36,18 @@ def damage_as_folder(index):
     os.mkdir(index)  # reading it fails with IsADirectoryError
 
 
+def test_an_index_with_list_columns_is_still_read(storage):
+    """The index before its fingerprint columns were packed: a JSON list per column."""
+    assert build(storage, 3).run() == 30
+    nodes = read_fingerprint_index(storage, "wf")["nodes"]
+    names = list(nodes)
+    earlier = {"names": names, "fp": [nodes[n]["fp"] for n in names], "code": [nodes[n]["code"] for n in names],
+               "args": [nodes[n]["args"] for n in names], "manifests": {}}
+    storage.save_meta("wf", FINGERPRINT_INDEX, json.dumps(earlier).encode())
+    assert read_fingerprint_index(storage, "wf")["nodes"] == nodes
+    assert reasons(storage, 4)["scaled"] == ("recompute", "argument changed")
+
+
 @pytest.mark.parametrize("damage", [damage_as_text, damage_as_folder])
 def test_a_damaged_fingerprint_index_loses_the_reason_not_the_plan(tmp_path, damage):
     storage = str(tmp_path / "storage")
