@@ -1243,6 +1243,7 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
     one_shot = xxhash.xxh3_128_hexdigest
     call_tag = _ARGS_SALT + _KIND_TAGS["call"]
     as_bytes: dict = {}  # node -> its fingerprint, encoded (each is hashed into its children)
+    code_bytes: dict = {}  # code fingerprint -> encoded
     for node in order:
         func = node.func
         try:
@@ -1251,6 +1252,7 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
             code_fp = None
         if code_fp is None:
             code_fp = code_fingerprint(func, include_package_versions=include_package_versions)
+            code_bytes[code_fp] = code_fp.encode()
             try:
                 code_fps[func] = code_fp
             except TypeError:
@@ -1269,11 +1271,15 @@ def fingerprint_nodes(order: Iterable[Node], versions: dict | None = None, hook:
             else:
                 args_fp = one_shot(b"".join(parts))
                 parents = node._parents
-                parents = parents if parents.__class__ is tuple else (parents,)
-                parts = [_CALL_SALT, code_fp.encode(), args_fp.encode()]
-                parts.extend([as_bytes[p] for p in parents])
-                parts.append(b"|%d|" % len(parents))
-                fp = fps[node] = one_shot(b"".join(parts))
+                if parents.__class__ is tuple:
+                    parts = [_CALL_SALT, code_bytes[code_fp], args_fp.encode()]
+                    parts.extend([as_bytes[p] for p in parents])
+                    parts.append(b"|%d|" % len(parents))
+                    fp = one_shot(b"".join(parts))
+                else:  # one parent: the node itself
+                    fp = one_shot(b"".join((_CALL_SALT, code_bytes[code_fp], args_fp.encode(), as_bytes[parents],
+                                            b"|1|")))
+                fps[node] = fp
                 as_bytes[node] = fp.encode()
                 if details is not None:
                     details[node] = (code_fp, args_fp)

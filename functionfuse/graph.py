@@ -149,6 +149,8 @@ def plan_resume(
 
     :returns: ``(to_compute, to_read)``.
     """
+    if not usable and all(node.kind == "call" for node in order):
+        return set(order), set()  # nothing stored applies, no stateful object: every node is computed
     to_compute: set[Node] = set()
     chains: dict[ObjectNode, list[MethodNode]] = {}
     for node in order:
