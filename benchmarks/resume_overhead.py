@@ -83,22 +83,34 @@ def first_run(leaf, root: str) -> float:
 
 
 class _OriginalNode:
-    """What the original kept per node: name, function, arguments, children, the positions of parents."""
+    """What the original kept per node: its name (``<qualname>_<NNNN>``, given at creation), the
+    function, the arguments, the children, the parents and where they go in the arguments."""
 
-    def __init__(self, qualname: str, func, args: tuple):
-        self.name, self.save_name, self.func = qualname, None, func
+    def __init__(self, name: str, func, args: tuple):
+        self.name, self.func = name, func
         self.args, self.kargs = args, {}
         self.children: list = []
         self.parents: list | None = None
         self.seen = False
         self.arg_index: list | None = []
         self.karg_keys: list | None = []
-        self.backend_info: dict = {}
+        self._backend_info: dict = {}
+        self.n_ready_parents = 0
         self.result = None
-        self.ready = 0
 
-    def get_name(self, file_index: int) -> str:
-        return self.save_name if self.save_name is not None else f"{self.name}_{file_index:010d}"
+    @property
+    def backend_info(self) -> dict:
+        return self._backend_info
+
+    def get_name(self) -> str:
+        return self.name
+
+    def parents_ready(self) -> bool:
+        self.n_ready_parents += 1
+        return self.n_ready_parents == len(self.parents)
+
+    def reset_ready_parents(self) -> None:
+        self.n_ready_parents = 0
 
     def exec(self, args: list, kargs: dict):
         return self.func(*args, **kargs)
@@ -135,12 +147,75 @@ class _OriginalFileStorage:
         folder = os.path.join(self.path, workflow_name)
         if not os.path.exists(folder):
             raise FileNotFoundError(folder)
+        serializers = None
         if self.serializers:
-            raise NotImplementedError
-        data = pickle.dumps(obj)
-        data += hashlib.sha1(data).digest()
-        with open(os.path.join(self.path, workflow_name, task_name), "wb") as handle:
-            handle.write(data)
+            raise NotImplementedError  # not in this benchmark
+        path = os.path.join(self.path, workflow_name, task_name)
+        with open(path, "wb") as handle:
+            handle.write(_original_safepickle(obj, serializers))
+
+
+def _original_safepickle(obj, serializers) -> bytes:
+    data = pickle.dumps(obj)
+    return data + hashlib.sha1(data).digest()
+
+
+class _OriginalLocalWorkflow:
+    """The original local backend's run: roots found when it is made, nodes visited level by level."""
+
+    def __init__(self, leaves: list, workflow_name: str, storage: _OriginalFileStorage):
+        self.workflow_name, self.leaves, self.object_storage = workflow_name, leaves, storage
+        roots = set()  # a walk up from the leaves
+        for leaf_node in leaves:
+            stack = [leaf_node]
+            while stack:
+                v = stack.pop()
+                if v.parents:
+                    for p in v.parents:
+                        if not p.seen:
+                            p.seen = True
+                            stack.append(p)
+                else:
+                    roots.add(v)
+        self.roots = roots
+
+    def graph_traversal(self):
+        roots = self.roots
+        while roots:
+            following = []
+            for node in roots:
+                yield node.get_name(), node
+                for child in node.children:
+                    if child.parents_ready():
+                        following.append(child)
+                        child.reset_ready_parents()
+            roots = following
+
+    def run(self):
+        storage, workflow_name = self.object_storage, self.workflow_name
+        storage.new_workflow(workflow_name)
+        for name, node in self.graph_traversal():
+            func_node = isinstance(node, _OriginalNode)
+            if func_node and "print" not in node.backend_info:
+                try:
+                    node.result = storage.read_task(workflow_name, name)
+                    node.free_memory()
+                    continue
+                except FileNotFoundError:
+                    pass
+            args = list(node.args)
+            kargs = node.kargs.copy()
+            for index, (parent, val_index) in node.arg_index:
+                args[index] = parent.result if val_index is None else parent.result[val_index]
+            for key, (parent, val_index) in node.karg_keys:
+                kargs[key] = parent.result if val_index is None else parent.result[val_index]
+            node.result = node.exec(args, kargs)
+            node.free_memory()
+            if func_node and "print" not in node.backend_info:
+                storage.save(workflow_name, name, node.result)
+                if storage.always_read:
+                    node.result = storage.read_task(workflow_name, name)
+        return self.leaves[0].result
 
 
 def _original_graph(leaf) -> list:
@@ -149,13 +224,15 @@ def _original_graph(leaf) -> list:
     mirror: dict = {}
     for node in ours:
         args = tuple(mirror[a] if isinstance(a, Node) else a for a in node.args)
-        twin = _OriginalNode(node.qualname, node.func, args)
+        twin = _OriginalNode(node.name, node.func, args)
         parents = []
         for index, a in enumerate(args):
             if isinstance(a, _OriginalNode):
-                parents.append(a)
-                a.children.append(twin)
-                twin.arg_index.append((index, a))
+                if a not in parents:
+                    parents.append(a)
+                if twin not in a.children:
+                    a.children.append(twin)
+                twin.arg_index.append((index, (a, None)))
         twin.parents = parents
         mirror[node] = twin
     return [mirror[node] for node in ours]
@@ -164,63 +241,20 @@ def _original_graph(leaf) -> list:
 def original_first_run(leaf, root: str) -> float:
     """A model of the original functionfuse's first run (local backend, ``FileStorage``), step by step.
 
-    Its steps, written here as it took them (the original is not installed): the run finds
-    the roots (a walk up from the leaves), creates the workflow's folder, then visits the
-    nodes level by level from the roots (a child joins the next level when its last parent
-    has run; a node's name is its qualname and its visiting number). Per node: try to read
-    the stored result (``read_task``: join the path, ``os.path.exists``, raise
-    ``FileNotFoundError``, caught), copy the arguments and put the parents' results in,
-    call, free the node's bookkeeping, then ``save``: join the folder, ``os.path.exists``
-    of it, ``pickle.dumps`` the value, append its SHA-1 digest and ``open(path,
-    "wb").write`` the bytes.
+    Its steps, written here as it took them (the original is not installed): making the
+    workflow finds the roots (a walk up from the leaves); the run creates the workflow's
+    folder, then visits the nodes level by level from the roots (a generator; a child joins
+    the next level when its last parent has run). Per node: try to read the stored result
+    (``read_task``: join the path, ``os.path.exists``, raise ``FileNotFoundError``, caught),
+    copy the arguments and put the parents' results in, call through ``exec``, free the
+    node's bookkeeping, then ``save``: join the folder, ``os.path.exists`` of it, join the
+    path, ``pickle.dumps`` the value and append its SHA-1 digest, ``open(path, "wb").write``.
     """
     twins = _original_graph(leaf)
-    leaves = [twins[-1]]
     path = tempfile.mkdtemp(dir=root)
     try:
-        def run():
-            roots = set()  # the roots: a walk up from the leaves
-            for leaf_node in leaves:
-                stack = [leaf_node]
-                while stack:
-                    v = stack.pop()
-                    if v.parents:
-                        for p in v.parents:
-                            if not p.seen:
-                                p.seen = True
-                                stack.append(p)
-                    else:
-                        roots.add(v)
-            storage = _OriginalFileStorage(path)
-            workflow_name = "bench"
-            storage.new_workflow(workflow_name)
-            level, file_index = list(roots), 0
-            while level:
-                following = []
-                for node in level:
-                    name = node.get_name(file_index)
-                    file_index += 1
-                    try:
-                        node.result = storage.read_task(workflow_name, name)
-                    except FileNotFoundError:
-                        args = list(node.args)
-                        kargs = node.kargs.copy()
-                        for index, parent in node.arg_index:
-                            args[index] = parent.result
-                        node.result = node.exec(args, kargs)
-                        node.free_memory()
-                        storage.save(workflow_name, name, node.result)
-                        if storage.always_read:
-                            node.result = storage.read_task(workflow_name, name)
-                    for child in node.children:
-                        child.ready += 1
-                        if child.ready == len(child.parents):
-                            following.append(child)
-                            child.ready = 0
-                level = following
-            return leaves[0].result
-
-        return timed(run)  # once per graph: the nodes' bookkeeping is freed as they run
+        storage = _OriginalFileStorage(path)
+        return timed(lambda: _OriginalLocalWorkflow([twins[-1]], "bench", storage).run())  # once per graph
     finally:
         shutil.rmtree(path)
 

@@ -560,6 +560,9 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
     stored, sources, always_read = plan.stored, plan.sources, plan.always_read
     checked = getattr(storage, "read_task_checked", None) if fps else None
     save, read = storage.save, storage.read_task
+    # a storage may offer save(task_name, obj, fingerprint) for the saves of this run, lookups done once
+    run_saver = getattr(storage, "run_saver", None) if fps is not None else None
+    run_save = run_saver(workflow_name) if run_saver is not None else None
     outcomes = run.context.outcomes
     worker, host = worker_location()
     remaining = run.consumers()
@@ -591,7 +594,9 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
                 value = node.func(*args, **kwargs) if kwargs else node.func(*args)
             duration = clock() - began
             if node.kind != OBJECT and sources.get(node) != name:  # Run.saves: not a replayed, still-stored call
-                if fps is not None:
+                if run_save is not None:
+                    run_save(name, value, fps.get(node))
+                elif fps is not None:
                     save(workflow_name, name, value, fingerprint=fps.get(node), replaces=stored.get(name))
                 else:
                     save(workflow_name, name, value)

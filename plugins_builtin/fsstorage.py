@@ -64,6 +64,7 @@ from functionfuse.errors import (
     StorageError,
     TaskNotFoundError,
 )
+from functionfuse.frontend import validate_name
 from functionfuse.markers import hookimpl
 from functionfuse.storage import Storage, check_option_keys, check_path_option
 
@@ -223,6 +224,8 @@ class FileStorage(Storage):
         # fsspec's sync() takes timeout=: it cancels the call (and its retries) when time is up
         self._deadline = {"timeout": timeout} if timeout and _runs_through_sync(fs) else {}
         self._made: set[str] = set()
+        #: (folder, workflow name) -> the writer of plain results there (``_plain_writer``)
+        self._writers_made: dict = {}
         self._selector = None
         #: runs of this object writing each workflow (their marker covers saves through this object only)
         self._runs: dict[str, list[_RunWriter]] = {}
@@ -242,6 +245,7 @@ class FileStorage(Storage):
         state = super().__getstate__()
         state["_made"] = set()
         state["_runs"] = {}  # a copy (a worker's) saves as a writer of its own: the run may end before it does
+        state["_writers_made"] = {}  # closures over this object: a copy makes its own
         return state
 
     # -- paths ---------------------------------------------------------------
@@ -733,8 +737,8 @@ class FileStorage(Storage):
         folder = f"{self.root}/{workflow_name}"
         if folder not in self._made:
             self._ensure_dir(folder)
-        if self.local and self._selector is None and not self.persistent_serializers and not self.run_serializers:
-            self._save_pickle_locally(workflow_name, task_name, obj, fp_bytes, folder)
+        if self.local and self._plain():
+            self._plain_writer(workflow_name)(task_name, obj, fp_bytes)
             return
         data_id = writer_tag()
         # its temporary (and data) are never removed as stale meanwhile (set.add/discard/in are atomic
@@ -788,64 +792,107 @@ class FileStorage(Storage):
             # Committed: earlier versions of this node's data are garbage now (unless a live writer owns them).
             self._remove_stale_data(workflow_name, task_name, keep=data_id)
 
-    def _save_pickle_locally(self, workflow_name: str, task_name: str, obj: Any, fp_bytes: bytes,
-                             folder: str) -> None:
-        """``_save`` of most results: no serializer to consult, a local folder, no data folder.
+    def _plain_writer(self, workflow_name: str) -> Callable[[str, Any, bytes], None]:
+        """``write(task_name, obj, fp_bytes)`` for ``_save`` of most results: no serializer to
+        consult, a local folder, no data folder. Made once per workflow folder (names checked).
 
         The same bytes and the same whole-or-not-at-all write as the general path, in one
-        function: the header and payload go to a temporary in ``folder`` that is renamed into place.
+        function: the header and payload go to a temporary in the folder, renamed into place.
         """
-        try:
-            try:
-                payload = pickle.dumps(obj, protocol=5)
-            except (pickle.PicklingError, AttributeError, TypeError) as exc:
-                payload = _pickle_by_value(obj, exc)
-        except SerializationError:
-            raise
-        except Exception as exc:
-            raise SerializationError(
-                f"the result of node {task_name!r} (workflow {workflow_name!r}) cannot be serialised: "
-                f"{type(exc).__name__}: {exc}; nothing was written for it"
-            ) from exc
-        crc32 = zlib.crc32
-        fields = _HEADER_FIELDS.pack(MAGIC, len(payload), crc32(payload, crc32(fp_bytes)), 0, len(fp_bytes))
-        data = fields + _CRC.pack(crc32(fp_bytes, crc32(fields))) + fp_bytes
-        tag = f"{_tag_state[0]}{next(_tag_state[2]):06x}"  # writer_tag(), inline
-        tmp = f"{folder}/{TMP_PREFIX}{tag}"
-        _in_progress.add(tag)  # its temporary is never removed as stale meanwhile
-        try:
-            try:
-                fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
-            except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
-                self._forget_dirs(folder)
-                self._ensure_dir(folder)
-                fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+        folder = f"{self.root}/{workflow_name}"
+        key = (folder, workflow_name)
+        write = self._writers_made.get(key)
+        if write is not None:
+            return write
+        prefix, describe = f"{folder}/{TMP_PREFIX}", self.describe
+        pack_fields, pack_crc, crc32 = _HEADER_FIELDS.pack, _CRC.pack, zlib.crc32
+
+        def write(task_name: str, obj: Any, fp_bytes: bytes) -> None:
             try:
                 try:
-                    if len(payload) <= _JOIN_BELOW:  # one write system call
-                        data += payload
-                        written = os.write(fd, data)
-                        if written != len(data):  # a short write: the rest
-                            _write_all(fd, memoryview(data)[written:])
-                    else:
-                        _write_all(fd, data)
-                        _write_all(fd, payload)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, f"{folder}/{task_name}{RESULT_SUFFIX}")
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
+                    payload = pickle.dumps(obj, protocol=5)
+                except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                    payload = _pickle_by_value(obj, exc)
+            except SerializationError:
                 raise
-        except Exception as exc:
-            raise StorageError(
-                f"{self.describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
-                f"{_timeout_text(exc)}"
-            ) from exc
-        finally:
-            _in_progress.discard(tag)
+            except Exception as exc:
+                raise SerializationError(
+                    f"the result of node {task_name!r} (workflow {workflow_name!r}) cannot be serialised: "
+                    f"{type(exc).__name__}: {exc}; nothing was written for it"
+                ) from exc
+            fields = pack_fields(MAGIC, len(payload), crc32(payload, crc32(fp_bytes)), 0, len(fp_bytes))
+            data = fields + pack_crc(crc32(fp_bytes, crc32(fields))) + fp_bytes
+            tag = f"{_tag_state[0]}{next(_tag_state[2]):06x}"  # writer_tag(), inline
+            tmp = prefix + tag
+            _in_progress.add(tag)  # its temporary is never removed as stale meanwhile
+            try:
+                try:
+                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
+                except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
+                    self._forget_dirs(folder)
+                    self._ensure_dir(folder)
+                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+                try:
+                    try:
+                        if len(payload) <= _JOIN_BELOW:  # one write system call
+                            data += payload
+                            written = os.write(fd, data)
+                            if written != len(data):  # a short write: the rest
+                                _write_all(fd, memoryview(data)[written:])
+                        else:
+                            _write_all(fd, data)
+                            _write_all(fd, payload)
+                    finally:
+                        os.close(fd)
+                    os.replace(tmp, f"{folder}/{task_name}{RESULT_SUFFIX}")
+                except BaseException:
+                    try:
+                        os.unlink(tmp)
+                    except OSError:
+                        pass
+                    raise
+            except Exception as exc:
+                raise StorageError(
+                    f"{describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
+                    f"{_timeout_text(exc)}"
+                ) from exc
+            finally:
+                _in_progress.discard(tag)
+
+        if len(self._writers_made) >= 64:
+            self._writers_made.clear()
+        self._writers_made[key] = write
+        return write
+
+    def _plain(self) -> bool:
+        """No serializer to consult: every result is a plain pickle."""
+        return self._selector is None and not self.persistent_serializers and not self.run_serializers
+
+    def run_saver(self, workflow_name: str) -> Callable[[str, Any, str | None], None] | None:
+        """``save(task_name, obj, fingerprint)``: :meth:`save` during a run of this process, its
+        per-save lookups done once (the core's in-process loop asks). ``None`` when there is
+        no such shortcut: not a local folder, or no run of this object writing ``workflow_name``.
+        """
+        runs = self._runs.get(workflow_name)
+        if not self.local or not runs:
+            return None
+        self.check_names(workflow_name)
+        save, plain, write = self.save, self._plain, None
+
+        def run_save(task_name: str, obj: Any, fingerprint: str | None = None) -> None:
+            nonlocal write
+            fp_bytes = b"" if fingerprint is None else fingerprint.encode()
+            if fingerprint is None or len(fp_bytes) > _MAX_FP or not plain() or not runs:
+                return save(workflow_name, task_name, obj, fingerprint=fingerprint)  # its own way, its errors
+            validate_name(task_name, "node")
+            if write is None:
+                self._ensure_dir(f"{self.root}/{workflow_name}")
+                write = self._plain_writer(workflow_name)
+            write(task_name, obj, fp_bytes)
+            for run in runs:
+                run.saved[task_name] = fingerprint
+
+        return run_save
 
     def _remove_if_empty(self, folder: str) -> None:
         if self.object_store:
