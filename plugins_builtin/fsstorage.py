@@ -288,35 +288,42 @@ class FileStorage(Storage):
         """Forget that ``folder`` (and what is under it) exists: it was removed, or may have been."""
         self._made = {made for made in self._made if made != folder and not made.startswith(folder + "/")}
 
+    def _write_local(self, folder: str, tmp: str, path: str, header: bytes, payload: bytes | memoryview) -> None:
+        """``header + payload`` to the temporary ``tmp`` in ``folder``, renamed to ``path``; the
+        temporary is removed if anything fails."""
+        # os.open/os.write: open() adds an fstat, an ioctl and an lseek per file
+        try:
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
+        except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
+            self._forget_dirs(folder)
+            self._ensure_dir(folder)
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+        try:
+            try:
+                if len(payload) <= _JOIN_BELOW:  # one write system call
+                    data = header + payload
+                    written = os.write(fd, data)
+                    if written != len(data):  # a short write: the rest
+                        _write_all(fd, memoryview(data)[written:])
+                else:
+                    _write_all(fd, header)
+                    _write_all(fd, payload)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
     # -- bytes: every call here takes paths literally ---------------------------------
     def _write_atomic(self, path: str, header: bytes, payload: bytes | memoryview, tag: str | None = None) -> None:
         """Write ``header + payload`` to ``path`` whole or not at all (``tag``: the temporary's writer tag)."""
         if self.local:
             folder = path.rpartition("/")[0]
-            tmp = f"{folder}/{TMP_PREFIX}{tag or writer_tag()}"
-            # os.open/os.write: open() adds an fstat, an ioctl and an lseek per file
-            try:
-                fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
-            except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
-                self._forget_dirs(folder)
-                self._ensure_dir(folder)
-                fd = os.open(tmp, _CREATE_FLAGS, 0o666)
-            try:
-                try:
-                    if len(payload) <= _JOIN_BELOW:  # one write system call
-                        _write_all(fd, header + payload)
-                    else:
-                        _write_all(fd, header)
-                        _write_all(fd, payload)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+            self._write_local(folder, f"{folder}/{TMP_PREFIX}{tag or writer_tag()}", path, header, payload)
         else:
             # One put: object stores make it visible whole or not at all.
             data = header + bytes(payload)
@@ -804,7 +811,7 @@ class FileStorage(Storage):
         write = self._writers_made.get(key)
         if write is not None:
             return write
-        prefix, describe = f"{folder}/{TMP_PREFIX}", self.describe
+        prefix, describe, write_local = f"{folder}/{TMP_PREFIX}", self.describe, self._write_local
         pack_fields, pack_crc, crc32 = _HEADER_FIELDS.pack, _CRC.pack, zlib.crc32
 
         def write(task_name: str, obj: Any, fp_bytes: bytes) -> None:
@@ -823,34 +830,9 @@ class FileStorage(Storage):
             fields = pack_fields(MAGIC, len(payload), crc32(payload, crc32(fp_bytes)), 0, len(fp_bytes))
             data = fields + pack_crc(crc32(fp_bytes, crc32(fields))) + fp_bytes
             tag = f"{_tag_state[0]}{next(_tag_state[2]):06x}"  # writer_tag(), inline
-            tmp = prefix + tag
             _in_progress.add(tag)  # its temporary is never removed as stale meanwhile
             try:
-                try:
-                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
-                except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
-                    self._forget_dirs(folder)
-                    self._ensure_dir(folder)
-                    fd = os.open(tmp, _CREATE_FLAGS, 0o666)
-                try:
-                    try:
-                        if len(payload) <= _JOIN_BELOW:  # one write system call
-                            data += payload
-                            written = os.write(fd, data)
-                            if written != len(data):  # a short write: the rest
-                                _write_all(fd, memoryview(data)[written:])
-                        else:
-                            _write_all(fd, data)
-                            _write_all(fd, payload)
-                    finally:
-                        os.close(fd)
-                    os.replace(tmp, f"{folder}/{task_name}{RESULT_SUFFIX}")
-                except BaseException:
-                    try:
-                        os.unlink(tmp)
-                    except OSError:
-                        pass
-                    raise
+                write_local(folder, prefix + tag, f"{folder}/{task_name}{RESULT_SUFFIX}", data, payload)
             except Exception as exc:
                 raise StorageError(
                     f"{describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
