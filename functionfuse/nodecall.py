@@ -615,14 +615,7 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
         if outcomes is not None:
             outcomes[name] = {"start": start, "duration": duration, "worker": worker, "host": host,
                               "outcome": COMPUTED}
-        parents = node._parents  # release_parents, inline
-        for parent in parents if parents.__class__ is tuple else (parents,):
-            left = remaining[parent] - 1
-            if left:
-                remaining[parent] = left
-            elif parent not in keep:
-                del remaining[parent]
-                results.pop(parent, None)
+        release_parents(node, remaining, results, keep)
     return results
 
 
