@@ -557,12 +557,29 @@ def run_stored_in_process(run: Any, steps: Any, keep: set) -> dict:
     workflow_name = workflow.workflow_name
     plan = run.resume()
     fps = plan.fingerprints if run.keeps_fingerprints else None
-    stored, sources, always_read = plan.stored, plan.sources, plan.always_read
     checked = getattr(storage, "read_task_checked", None) if fps else None
-    save, read = storage.save, storage.read_task
     # a storage may offer save(task_name, obj, fingerprint) for the saves of this run, lookups done once
+    # (and a close() for what it holds meanwhile)
     run_saver = getattr(storage, "run_saver", None) if fps is not None else None
     run_save = run_saver(workflow_name) if run_saver is not None else None
+    try:
+        return _stored_steps(run, steps, keep, plan, fps, checked, run_save)
+    finally:
+        if run_save is not None:
+            getattr(run_save, "close", _nothing)()  # what it holds for the run (an open folder)
+
+
+def _nothing() -> None:
+    pass
+
+
+def _stored_steps(run: Any, steps: Any, keep: set, plan: Any, fps: dict | None, checked: Any, run_save: Any) -> dict:
+    """The loop of :func:`run_stored_in_process`."""
+    workflow = run.workflow
+    storage = workflow.storage
+    workflow_name = workflow.workflow_name
+    stored, sources, always_read = plan.stored, plan.sources, plan.always_read
+    save, read = storage.save, storage.read_task
     outcomes = run.context.outcomes
     worker, host = worker_location()
     remaining = run.consumers()

@@ -288,16 +288,21 @@ class FileStorage(Storage):
         """Forget that ``folder`` (and what is under it) exists: it was removed, or may have been."""
         self._made = {made for made in self._made if made != folder and not made.startswith(folder + "/")}
 
-    def _write_local(self, folder: str, tmp: str, path: str, header: bytes, payload: bytes | memoryview) -> None:
+    def _write_local(self, folder: str, tmp: str, path: str, header: bytes, payload: bytes | memoryview,
+                     at: _FolderHandle | None = None) -> None:
         """``header + payload`` to the temporary ``tmp`` in ``folder``, renamed to ``path``; the
-        temporary is removed if anything fails."""
+        temporary is removed if anything fails. With ``at``, ``tmp`` and ``path`` are names in
+        ``folder`` taken relative to its open descriptor (the kernel does not walk the folder's
+        path again for every file)."""
         # os.open/os.write: open() adds an fstat, an ioctl and an lseek per file
         try:
-            fd = os.open(tmp, _CREATE_FLAGS, 0o666)  # 0o666 & ~umask, as open(..., "wb")
+            d = None if at is None else at.fd()
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=d)  # 0o666 & ~umask, as open(..., "wb")
         except FileNotFoundError:  # the folder was removed behind our back (another run, a user)
             self._forget_dirs(folder)
             self._ensure_dir(folder)
-            fd = os.open(tmp, _CREATE_FLAGS, 0o666)
+            d = None if at is None else at.reopen()
+            fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=d)
         try:
             try:
                 if len(payload) <= _JOIN_BELOW:  # one write system call
@@ -310,12 +315,9 @@ class FileStorage(Storage):
                     _write_all(fd, payload)
             finally:
                 os.close(fd)
-            os.replace(tmp, path)
+            os.replace(tmp, path, src_dir_fd=d, dst_dir_fd=d)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+            _unlink_quietly(tmp, d)
             raise
 
     # -- bytes: every call here takes paths literally ---------------------------------
@@ -799,19 +801,22 @@ class FileStorage(Storage):
             # Committed: earlier versions of this node's data are garbage now (unless a live writer owns them).
             self._remove_stale_data(workflow_name, task_name, keep=data_id)
 
-    def _plain_writer(self, workflow_name: str) -> Callable[[str, Any, bytes], None]:
+    def _plain_writer(self, workflow_name: str, at: _FolderHandle | None = None) -> Callable[[str, Any, bytes], None]:
         """``write(task_name, obj, fp_bytes)`` for ``_save`` of most results: no serializer to
-        consult, a local folder, no data folder. Made once per workflow folder (names checked).
+        consult, a local folder, no data folder. Made once per workflow folder (names checked),
+        or, with ``at`` (the folder's descriptor, for one run), once per run and not kept.
 
         The same bytes and the same whole-or-not-at-all write as the general path, in one
         function: the header and payload go to a temporary in the folder, renamed into place.
         """
         folder = f"{self.root}/{workflow_name}"
         key = (folder, workflow_name)
-        write = self._writers_made.get(key)
+        write = self._writers_made.get(key) if at is None else None
         if write is not None:
             return write
-        prefix, describe, write_local = f"{folder}/{TMP_PREFIX}", self.describe, self._write_local
+        # the names of the temporary and of the result: full paths, or names in the folder of ``at``
+        base = f"{folder}/" if at is None else ""
+        prefix, describe, write_local = f"{base}{TMP_PREFIX}", self.describe, self._write_local
         pack_fields, pack_crc, crc32 = _HEADER_FIELDS.pack, _CRC.pack, zlib.crc32
 
         def write(task_name: str, obj: Any, fp_bytes: bytes) -> None:
@@ -830,9 +835,31 @@ class FileStorage(Storage):
             fields = pack_fields(MAGIC, len(payload), crc32(payload, crc32(fp_bytes)), 0, len(fp_bytes))
             data = fields + pack_crc(crc32(fp_bytes, crc32(fields))) + fp_bytes
             tag = f"{_tag_state[0]}{next(_tag_state[2]):06x}"  # writer_tag(), inline
+            tmp, path = prefix + tag, f"{base}{task_name}{RESULT_SUFFIX}"
             _in_progress.add(tag)  # its temporary is never removed as stale meanwhile
             try:
-                write_local(folder, prefix + tag, f"{folder}/{task_name}{RESULT_SUFFIX}", data, payload)
+                d = None if at is None else at.open_fd
+                if (d is None and at is not None) or len(payload) > _JOIN_BELOW:
+                    write_local(folder, tmp, path, data, payload, at)  # opens the folder; large results
+                else:
+                    # _write_local's steps for a small result, inline (most results: the call costs)
+                    try:
+                        fd = os.open(tmp, _CREATE_FLAGS, 0o666, dir_fd=d)
+                    except FileNotFoundError:  # the folder was removed: _write_local makes it again
+                        write_local(folder, tmp, path, data, payload, at)
+                    else:
+                        try:
+                            try:
+                                data += payload
+                                written = os.write(fd, data)
+                                if written != len(data):
+                                    _write_all(fd, memoryview(data)[written:])
+                            finally:
+                                os.close(fd)
+                            os.replace(tmp, path, src_dir_fd=d, dst_dir_fd=d)
+                        except BaseException:
+                            _unlink_quietly(tmp, d)
+                            raise
             except Exception as exc:
                 raise StorageError(
                     f"{describe()}: saving node {task_name!r} of workflow {workflow_name!r} failed: "
@@ -841,9 +868,10 @@ class FileStorage(Storage):
             finally:
                 _in_progress.discard(tag)
 
-        if len(self._writers_made) >= 64:
-            self._writers_made.clear()
-        self._writers_made[key] = write
+        if at is None:
+            if len(self._writers_made) >= 64:
+                self._writers_made.clear()
+            self._writers_made[key] = write
         return write
 
     def _plain(self) -> bool:
@@ -854,26 +882,34 @@ class FileStorage(Storage):
         """``save(task_name, obj, fingerprint)``: :meth:`save` during a run of this process, its
         per-save lookups done once (the core's in-process loop asks). ``None`` when there is
         no such shortcut: not a local folder, or no run of this object writing ``workflow_name``.
+
+        Plain results are written relative to a descriptor of the workflow's folder, opened at
+        the first save; the returned function's ``close()`` closes it (the loop calls it when
+        the run's nodes are done; a later save opens it again).
         """
         runs = self._runs.get(workflow_name)
         if not self.local or not runs:
             return None
         self.check_names(workflow_name)
-        save, plain, write = self.save, self._plain, None
+        folder = f"{self.root}/{workflow_name}"
+        at = _FolderHandle(folder) if _DIR_FD_CALLS else None
+        save, write = self.save, None
 
         def run_save(task_name: str, obj: Any, fingerprint: str | None = None) -> None:
             nonlocal write
             fp_bytes = b"" if fingerprint is None else fingerprint.encode()
-            if fingerprint is None or len(fp_bytes) > _MAX_FP or not plain() or not runs:
+            if fingerprint is None or len(fp_bytes) > _MAX_FP or not runs or self._selector is not None \
+                    or self.persistent_serializers or self.run_serializers:  # not _plain()
                 return save(workflow_name, task_name, obj, fingerprint=fingerprint)  # its own way, its errors
             validate_name(task_name, "node")
             if write is None:
-                self._ensure_dir(f"{self.root}/{workflow_name}")
-                write = self._plain_writer(workflow_name)
+                self._ensure_dir(folder)
+                write = self._plain_writer(workflow_name, at)
             write(task_name, obj, fp_bytes)
             for run in runs:
                 run.saved[task_name] = fingerprint
 
+        run_save.close = at.close if at is not None else _no_close
         return run_save
 
     def _remove_if_empty(self, folder: str) -> None:
@@ -1189,6 +1225,54 @@ class FileStorage(Storage):
 
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 _JOIN_BELOW = 1 << 16  # payloads up to this size are copied behind the header and written at once
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+#: names relative to an open folder work on this system (not on Windows)
+_DIR_FD_CALLS = {os.open, os.rename, os.unlink} <= os.supports_dir_fd  # os.replace: as os.rename
+
+
+class _FolderHandle:
+    """An open descriptor of one folder, for the saves of one run (see ``run_saver``): opened
+    when first asked for, again after :meth:`reopen` (the folder was made anew)."""
+
+    __slots__ = ("folder", "open_fd")
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        #: the descriptor, ``None`` until :meth:`fd` opens it
+        self.open_fd: int | None = None
+
+    def fd(self) -> int:
+        fd = self.open_fd
+        if fd is None:
+            fd = self.open_fd = os.open(self.folder, _DIR_FLAGS)
+        return fd
+
+    def reopen(self) -> int:
+        self.close()
+        return self.fd()
+
+    def close(self) -> None:
+        fd, self.open_fd = self.open_fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def __del__(self) -> None:  # a saver dropped without close(): no descriptor left behind
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+def _no_close() -> None:
+    pass
+
+
+def _unlink_quietly(name: str, dir_fd: int | None) -> None:
+    """Remove a temporary after a failed write; the write's own error is what counts."""
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -60,8 +60,9 @@ __all__ = [
 LATEST_KEY = "runrecord-latest.json"
 _PREFIX = "runrecord-"
 _STATE_KEY = "runrecord"
-# 2: compact (gzip, columns, a shared node table); 3: time columns as packed doubles. 1 and 2 are still read
-FORMAT_VERSION = 3
+# 2: compact (gzip, columns, a shared node table); 3: time columns as packed doubles; 4: a column of one
+# repeated text (or None) stored once. 1, 2 and 3 are still read
+FORMAT_VERSION = 4
 
 
 def record_key(record: dict) -> str:
@@ -230,9 +231,11 @@ def encode_record(record: dict) -> tuple[bytes, str, bytes]:
         table = {"names": list(nodes), **{field: [entry.get(field) for entry in entries] for field in _TABLE_FIELDS}}
         fields = sorted({field for entry in entries for field in entry} - set(_TABLE_FIELDS))
         columns = {field: [entry.get(field) for entry in entries] for field in fields}
-    for field in _TIME_FIELDS:
-        if field in columns:
-            columns[field] = _pack_floats(columns[field])
+    for field, values in columns.items():
+        columns[field] = _pack_floats(values) if field in _TIME_FIELDS else _pack_same(values)
+    for field in _TABLE_FIELDS:
+        if field in table:
+            table[field] = _pack_same(table[field])
     table_bytes = _compress(table)
     table_key = f"{_TABLE_PREFIX}{hashlib.sha256(table_bytes).hexdigest()[:24]}.json.gz"
     body = {key: value for key, value in record.items() if key != "nodes"}
@@ -245,22 +248,43 @@ def encode_record(record: dict) -> tuple[bytes, str, bytes]:
 _TIME_FIELDS = ("start", "duration")
 
 
+_NONE_TYPE = type(None)
+_FLOAT_OR_NONE = {float, _NONE_TYPE}
+
+
 def _pack_floats(values: list) -> Any:
     """A column of floats and ``None`` as ``{"f64": base64 of little-endian doubles, "none": [i, ...]}``;
     any other column as it is."""
-    if not all(value is None or value.__class__ is float for value in values):
+    kinds = set(map(type, values))
+    if not kinds <= _FLOAT_OR_NONE:
         return values
-    missing = [i for i, value in enumerate(values) if value is None]
+    missing = [i for i, value in enumerate(values) if value is None] if _NONE_TYPE in kinds else []
     packed = array("d", [0.0 if value is None else value for value in values] if missing else values)
     if sys.byteorder != "little":
         packed.byteswap()
     return {"f64": base64.b64encode(packed.tobytes()).decode("ascii"), "none": missing}
 
 
+def _pack_same(values: list) -> Any:
+    """A column holding one text (or ``None``) for every node as ``{"same": value, "n": count}``
+    (most columns of most runs: outcome, worker, host, error, kind); any other column as it is.
+    Only texts and ``None``: ``count`` compares with ``==``, and ``1 == 1.0 == True``."""
+    if len(values) > 1:
+        first = values[0]
+        if (first is None or first.__class__ is str) and values.count(first) == len(values):
+            return {"same": first, "n": len(values)}
+    return values
+
+
 def _unpack_floats(column: Any, where: str) -> Any:
-    """The list :func:`_pack_floats` packed (a plain list stays as it is)."""
+    """The list :func:`_pack_floats` or :func:`_pack_same` packed (a plain list stays as it is)."""
     if not isinstance(column, dict):
         return column
+    if "same" in column:
+        count = column.get("n")
+        if count.__class__ is not int or count < 0:
+            raise RunRecordNotFoundError(f"{where}: a packed column is damaged: its count is {count!r}")
+        return [column["same"]] * count
     try:
         packed = array("d")
         packed.frombytes(base64.b64decode(column["f64"], validate=True))
@@ -343,7 +367,7 @@ def _decode(data: bytes, workflow_name: str, key: str, storage: Any = None) -> d
         table = _header(table_data, workflow_name, record["table"])
         where = f"run record {key!r} of workflow {workflow_name!r}"
         columns = {field: _unpack_floats(column, where) for field, column in record.pop("columns").items()}
-        columns.update({field: table.get(field) or [] for field in _TABLE_FIELDS})
+        columns.update({field: _unpack_floats(table.get(field) or [], where) for field in _TABLE_FIELDS})
         record.pop("table")
         names = table.get("names") or []
         if any(len(column) != len(names) for column in columns.values()):

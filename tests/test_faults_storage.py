@@ -181,7 +181,7 @@ WRITER = textwrap.dedent(
     storage = storage_factory({{"kind": "file", "options": {{"path": root}}}})
     storage.register_persistent_serializers(DaskArraySerializer)
 
-    def signal_and_hang(*args):
+    def signal_and_hang(*args, **kwargs):  # os.replace takes src_dir_fd=, dst_dir_fd=
         open(ready, "w").close()
         time.sleep(600)
 

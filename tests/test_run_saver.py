@@ -144,8 +144,66 @@ def test_the_storage_still_pickles_after_a_run_and_the_copy_saves(tmp_path):
 
     storage = storage_at(tmp_path / "st")
     LocalWorkflow(chain(2), workflow_name="wf").set_storage(storage).run()
-    assert storage._writers_made  # the run made one
+    storage.save("wf", "outside", {"x": 0})  # a save outside a run keeps its writer
+    assert storage._writers_made
     copy = pickle.loads(pickle.dumps(storage))
     assert copy._writers_made == {}
     copy.save("wf", "extra", {"x": 1})
     assert storage.read_task("wf", "extra") == {"x": 1}
+
+
+def _open_folders(folder) -> int:
+    """How many descriptors of this process point at ``folder``."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(folder):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="descriptors are counted through /proc")
+@pytest.mark.parametrize("fails", [False, True])
+def test_the_run_writes_through_one_open_folder_closed_when_the_run_ends(tmp_path, fails):
+    """Plain results are written relative to a descriptor of the workflow folder (no path walk per
+    file): one is open while the nodes run, none after, whether the run succeeded or not."""
+    storage = storage_at(tmp_path / "st")
+    folder = tmp_path / "st" / "wf"
+    during = []
+
+    def look():
+        during.append(_open_folders(folder))
+        if fails:
+            raise RuntimeError("the node fails")
+
+    leaf = hook(grow(make(2).set_name("make"), 1).set_name("grow"), look).set_name("look")
+    wf = LocalWorkflow(leaf, workflow_name="wf").set_storage(storage)
+    if fails:
+        with pytest.raises(Exception, match="the node fails"):
+            wf.run()
+    else:
+        assert wf.run() == 3
+    assert during == [1]
+    assert _open_folders(folder) == 0
+    assert storage.read_task("wf", "grow")["x"] == 3
+
+
+def test_the_folder_replaced_during_the_run_gets_the_later_results(tmp_path):
+    """Removed and made again by someone else: the open descriptor is of the old folder, so the
+    saver opens the new one; every result ends up where a reader looks."""
+    storage = storage_at(tmp_path / "st")
+    folder = tmp_path / "st" / "wf"
+
+    def replace_folder():
+        shutil.rmtree(folder)
+        folder.mkdir()
+
+    node = hook(make(4).set_name("make"), replace_folder).set_name("replacer")
+    leaf = grow(make(5).set_name("after"), 1).set_name("last")
+    wf = LocalWorkflow(node, leaf, workflow_name="wf").set_storage(storage)
+    assert wf.run() == [4, {"x": 6, "payload": [0, 1, 2, 3, 4, 1]}]
+    for name in ("replacer", "after", "last"):
+        assert (folder / f"{name}.ffr").is_file(), name
+    assert storage_at(tmp_path / "st").read_task("wf", "last")["x"] == 6

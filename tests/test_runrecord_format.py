@@ -33,7 +33,7 @@ def test_time_columns_are_packed_and_read_back_exactly(tmp_path):
     assert wf.run() == 3
     latest = json.loads(storage.read_meta("w", runrecord.LATEST_KEY))["latest"]
     body = _stored_body(storage, latest)
-    assert body["version"] == 3 and set(body["columns"]["start"]) == {"f64", "none"}
+    assert body["version"] == 4 and set(body["columns"]["start"]) == {"f64", "none"}
     back = read_run_record(storage, "w")
     assert back == wf.run_record  # the very same floats
     assert back["nodes"]["a"]["start"] == wf.run_record["nodes"]["a"]["start"]
@@ -79,3 +79,46 @@ def test_a_damaged_packed_column_is_an_error_naming_the_record(tmp_path, damage)
     storage.save_meta("w", key, gzip.compress(json.dumps(body).encode()))
     with pytest.raises(RunRecordNotFoundError, match=f"run record '{key}' of workflow 'w'"):
         read_run_record(storage, "w", "bad1")
+
+
+def test_a_column_of_one_repeated_text_is_stored_once_and_read_back_whole(tmp_path):
+    storage = _store(tmp_path)
+    node = inc(1).set_name("n0")
+    for i in range(1, 5):
+        node = inc(node).set_name(f"n{i}")
+    wf = LocalWorkflow(node, workflow_name="w").set_storage(storage)
+    assert wf.run() == 6
+    latest = json.loads(storage.read_meta("w", runrecord.LATEST_KEY))["latest"]
+    body = _stored_body(storage, latest)
+    assert body["columns"]["outcome"] == {"same": "computed", "n": 5}
+    assert body["columns"]["error"] == {"same": None, "n": 5}
+    table = _stored_body(storage, body["table"])
+    assert table["kind"] == {"same": "call", "n": 5} and table["names"] == [f"n{i}" for i in range(5)]
+    assert read_run_record(storage, "w") == wf.run_record
+
+
+def test_equal_values_of_other_types_are_not_merged(tmp_path):
+    """1 == 1.0 == True: such a column is kept as it is, each value with its own type."""
+    storage = _store(tmp_path)
+    storage.new_workflow("w")
+    values = [1, 1.0, True]
+    nodes = {name: {"outcome": "computed", "attempts": v, "kind": "call", "qualname": "f"}
+             for name, v in zip("abc", values)}
+    save_record(storage, "w", {"workflow_name": "w", "run_id": "mix1", "start": 1.0, "nodes": nodes})
+    back = read_run_record(storage, "w")["nodes"]
+    assert [type(back[name]["attempts"]) for name in "abc"] == [int, float, bool]
+    assert back["a"]["outcome"] == back["c"]["outcome"] == "computed"
+
+
+@pytest.mark.parametrize("count", [-1, "3", None, 2])
+def test_a_damaged_repeated_column_is_an_error_naming_the_record(tmp_path, count):
+    storage = _store(tmp_path)
+    storage.new_workflow("w")
+    table = {"names": ["a"], "kind": ["call"], "qualname": ["f"]}
+    storage.save_meta("w", "runnodes-s.json.gz", gzip.compress(json.dumps(table).encode()))
+    body = {"version": 4, "run_id": "bad2", "start": 5.0, "table": "runnodes-s.json.gz",
+            "columns": {"outcome": {"same": "computed", "n": count}}}
+    key = "runrecord-20260101T000000.000Z-bad2.json"
+    storage.save_meta("w", key, gzip.compress(json.dumps(body).encode()))
+    with pytest.raises(RunRecordNotFoundError, match=f"run record '{key}' of workflow 'w'"):
+        read_run_record(storage, "w", "bad2")
