@@ -335,8 +335,11 @@ class Workflow:
 
     def check_unique_names(self) -> None:
         """Refuse two nodes with one name in a stored workflow."""
+        nodes = self.nodes
+        if len({node.name for node in nodes}) == len(nodes):  # the usual case, without a dict of nodes
+            return
         seen: dict[str, Node] = {}
-        for node in self.nodes:
+        for node in nodes:
             name = node.name
             other = seen.get(name)
             if other is not None:
@@ -679,11 +682,16 @@ class Run:
         """How many nodes still to compute take each node's value (to release results early)."""
         to_compute = self.resume().to_compute
         counts: dict[Node, int] = {}
+        get = counts.get
         for node in self.workflow.nodes:
             if to_compute is not None and node not in to_compute:
                 continue
-            for parent in node.parents:
-                counts[parent] = counts.get(parent, 0) + 1
+            parents = node._parents  # a tuple, or the one parent itself (Node.parents without a tuple)
+            if parents.__class__ is tuple:
+                for parent in parents:
+                    counts[parent] = get(parent, 0) + 1
+            else:
+                counts[parents] = get(parents, 0) + 1
         return counts
 
 

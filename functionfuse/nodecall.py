@@ -584,7 +584,9 @@ def _stored_steps(run: Any, steps: Any, keep: set, plan: Any, fps: dict | None, 
     worker, host = worker_location()
     remaining = run.consumers()
     results: dict = {}
-    now, clock = time.time, time.perf_counter
+    clock = time.perf_counter
+    # a node's wall-clock start from the monotonic clock: one clock call per node less
+    wall = time.time() - clock()
     for node, action in steps:
         name = node.name
         if action == READ:
@@ -597,8 +599,8 @@ def _stored_steps(run: Any, steps: Any, keep: set, plan: Any, fps: dict | None, 
                 _tag(exc, source)
                 run.fail(node, exc)
             continue
-        start = now()
         began = clock()
+        start = wall + began
         try:
             if node.argmode == ARGS_TOP and not node.kwargs:  # resolve_args, inline for the common call
                 args = list(node.args)
