@@ -686,7 +686,10 @@ class Run:
         for node in self.workflow.nodes:
             if to_compute is not None and node not in to_compute:
                 continue
-            parents = node._parents  # a tuple, or the one parent itself (Node.parents without a tuple)
+            try:
+                parents = node._parents  # a tuple, or the one parent itself (Node.parents without a tuple)
+            except AttributeError:  # another kind of node (raydag's planned nodes): its parents
+                parents = tuple(node.parents)
             if parents.__class__ is tuple:
                 for parent in parents:
                     counts[parent] = get(parent, 0) + 1
