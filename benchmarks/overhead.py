@@ -3,6 +3,7 @@
     python benchmarks/overhead.py                 # every shape and size (several minutes)
     python benchmarks/overhead.py --quick         # 1,000 and 10,000 nodes only
     python benchmarks/overhead.py --processes 7   # fresh processes per figure (default 5)
+    python benchmarks/overhead.py --gc-off        # the same with CPython's cyclic collector disabled
 
 Shapes of trivial integer functions:
   chain    n_i = add(n_{i-1}, 1)
@@ -21,6 +22,11 @@ that other load on a shared machine counts less. Then the resume check: a fully 
 
 Targets (not tests): ratio to direct <= 3; time per node at 100,000 and
 1,000,000 nodes within 1.5x of 10,000; <= 1 KB per node; resume >= 20x faster.
+
+``--gc-off`` runs every process with ``gc.disable()``: what is left of the
+growth per node from 10,000 to 1,000,000 nodes once CPython's full collections,
+which revisit every live object (ours and the direct calls' alike), are out of
+the picture. The library never turns the collector off itself.
 """
 
 from __future__ import annotations
@@ -187,13 +193,13 @@ def measure_one(shape: str, n: int, with_dask: bool = True) -> dict:
     return out
 
 
-def measure(shape: str, n: int, processes: int) -> dict:
+def measure(shape: str, n: int, processes: int, gc_off: bool = False) -> dict:
     """The median of each figure over ``processes`` fresh processes."""
     runs = []
     for index in range(processes):
         # dask.delayed is 100-1000 times slower: one process measures it
-        done = subprocess.run([sys.executable, __file__, "--one", shape, str(n), "dask" if index == 0 else "-"], check=True,
-                              capture_output=True, text=True)
+        command = [sys.executable, __file__, "--one", shape, str(n), "dask" if index == 0 else "-"]
+        done = subprocess.run(command + (["--gc-off"] if gc_off else []), check=True, capture_output=True, text=True)
         runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
     median = {key: statistics.median(r[key] for r in runs) for key in ("build", "run", "direct")}
     median["ratio"] = statistics.median((r["build"] + r["run"]) / r["direct"] for r in runs)
@@ -205,13 +211,14 @@ def measure(shape: str, n: int, processes: int) -> dict:
     return median
 
 
-def bench_shapes(quick: bool, processes: int) -> None:
+def bench_shapes(quick: bool, processes: int, gc_off: bool = False) -> None:
     sizes = {
         "chain": [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000],
         "fanout": [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000],
         "diamond": [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000],
     }
-    print(f"medians over {processes} fresh processes; process CPU time")
+    print(f"medians over {processes} fresh processes; process CPU time"
+          + ("; cyclic collector OFF in every process" if gc_off else ""))
     header = (
         f"{'shape':8} {'nodes':>9} {'build s':>9} {'run s':>9} {'us/node':>8} {'B/node':>7} "
         f"{'direct us/n':>11} {'x direct':>8} {'dask us/n':>10} {'x dask':>7}"
@@ -221,7 +228,7 @@ def bench_shapes(quick: bool, processes: int) -> None:
     per_node_10k: dict[str, tuple[float, float]] = {}
     for shape, ns in sizes.items():
         for n in ns:
-            m = measure(shape, n, processes)
+            m = measure(shape, n, processes, gc_off)
             us = (m["build"] + m["run"]) / n * 1e6
             direct_us = m["direct"] / n * 1e6
             if n == 10_000:
@@ -284,13 +291,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="1,000 and 10,000 nodes only")
     parser.add_argument("--no-resume", action="store_true", help="skip the resume check")
     parser.add_argument("--processes", type=int, default=5, help="fresh processes per figure (median)")
+    parser.add_argument("--gc-off", action="store_true",
+                        help="disable CPython's cyclic collector in every measuring process")
     parser.add_argument("--one", nargs=3, metavar=("SHAPE", "N", "DASK"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.gc_off:
+        gc.disable()  # measure_one's gc.collect() calls still run: each round starts from the same heap
     if args.one:
         print(json.dumps(measure_one(args.one[0], int(args.one[1]), args.one[2] == "dask")))
         return
-    bench_shapes(args.quick, args.processes)
-    if not args.no_resume:
+    bench_shapes(args.quick, args.processes, args.gc_off)
+    if not args.no_resume and not args.gc_off:
         bench_resume()
 
 

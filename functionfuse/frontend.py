@@ -298,19 +298,19 @@ def _substitute(obj: Any, results: dict) -> Any:
 def resolve_args(node: Node, results: dict) -> tuple[tuple, dict]:
     """The positional and keyword arguments of ``node`` with dependencies replaced by values.
 
-    ``results`` maps each parent node to its value. ``node.argmode`` says how
-    much work that is: :data:`ARGS_NONE`, :data:`ARGS_TOP` (top-level positional
-    dependencies only, at ``node.slots``) or :data:`ARGS_NESTED` (anything else).
+    ``results`` maps each parent node to its value. ``node.slots`` says how
+    much work that is (:attr:`Node.argmode`): none (``()``), the top-level positional
+    dependencies at those positions, or anything else (``None``).
     """
-    mode = node.argmode
-    if mode == ARGS_NONE:
-        return node.args, node.kwargs
-    if mode == ARGS_TOP:
+    slots = node.slots  # the mode: () none, the positions of top-level ones, None nested (see Node.argmode)
+    if slots:
         args = list(node.args)
-        for position in node.slots:
+        for position in slots:
             a = args[position]
             args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
         return args, node.kwargs
+    if slots is not None:
+        return node.args, node.kwargs
     return tuple(_substitute(a, results) for a in node.args), {
         k: _substitute(v, results) for k, v in node.kwargs.items()
     }
@@ -326,10 +326,11 @@ class Node:
     :ivar seq: creation number; sorting by it gives a topological order.
     """
 
-    __slots__ = (
-        "func", "args", "kwargs", "_parents", "_kids", "_more_kids", "seq", "argmode", "slots", "_name", "_number",
-        "__weakref__",
-    )
+    # Ten slots: 112 bytes with the collector's header. Every byte counts at a million nodes, where
+    # CPython's full collections visit each live node several times during the build (a node of
+    # 128 bytes cost the 1M-node diamond 40% more in those collections). So no __weakref__, and
+    # the argument mode lives in ``slots`` (see :attr:`argmode`).
+    __slots__ = ("func", "args", "kwargs", "_parents", "_kids", "_more_kids", "seq", "slots", "_name", "_number")
 
     kind = "call"
 
@@ -382,9 +383,10 @@ class Node:
             slots = _slot_patterns.get(mask)
             if slots is None:
                 slots = _slot_pattern(mask)
-            self.slots = slots if wide is None else slots + tuple(wide)
+            if wide is not None:
+                slots = slots + tuple(wide)
         else:
-            self.slots = () if wide is None else tuple(wide)
+            slots = () if wide is None else tuple(wide)
         if kwargs:
             for a in kwargs.values():
                 kind = kinds.get(a.__class__)
@@ -400,7 +402,8 @@ class Node:
                     mode = 2
                 elif kind == 4 or _scan_nested(a, parents):
                     mode = 2
-        self.argmode = 2 if mode > 2 else mode
+        # the mode, in ``slots``: () no dependency, the positions for top-level ones, None for the rest
+        self.slots = slots if mode < 2 else None
         count = len(parents)
         if not count:
             self._parents = ()
@@ -435,6 +438,14 @@ class Node:
                     more.append(self)
                 else:
                     p._more_kids = [more, self]
+
+    @property
+    def argmode(self) -> int:
+        """How much work resolving the arguments is: :data:`ARGS_NONE` (no dependency),
+        :data:`ARGS_TOP` (top-level positional dependencies only, at :attr:`slots`) or
+        :data:`ARGS_NESTED` (anything else; then :attr:`slots` is ``None``)."""
+        slots = self.slots
+        return ARGS_NESTED if slots is None else ARGS_TOP if slots else ARGS_NONE
 
     @property
     def parents(self) -> tuple:

@@ -37,7 +37,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .context import COMPUTED
-from .frontend import ARGS_NONE, ARGS_TOP, Ref, resolve_args
+from .frontend import Ref, resolve_args
 
 if TYPE_CHECKING:  # pragma: no cover
     from .frontend import Node
@@ -74,23 +74,23 @@ class Template:
     """A node's arguments with every dependency replaced by ``Ref(index, keys)``.
 
     It quacks like a node for :func:`functionfuse.frontend.resolve_args`
-    (``argmode``, ``args``, ``kwargs``, ``slots``), which rebuilds the
+    (``args``, ``kwargs``, and ``slots``, which also tells the mode as in
+    :attr:`Node.argmode <functionfuse.frontend.Node.argmode>`), which rebuilds the
     arguments from the tuple of dependency values, at any nesting depth.
     """
 
-    __slots__ = ("argmode", "args", "kwargs", "slots")
+    __slots__ = ("args", "kwargs", "slots")
 
-    def __init__(self, argmode: int, args: Any, kwargs: dict, slots: tuple):
-        self.argmode = argmode
+    def __init__(self, args: Any, kwargs: dict, slots: tuple | None):
         self.args = args
         self.kwargs = kwargs
         self.slots = slots
 
     def __getstate__(self) -> tuple:
-        return (self.argmode, self.args, self.kwargs, self.slots)
+        return (self.args, self.kwargs, self.slots)
 
     def __setstate__(self, state: tuple) -> None:
-        self.argmode, self.args, self.kwargs, self.slots = state
+        self.args, self.kwargs, self.slots = state
 
 
 class _Placeholders(dict):
@@ -115,20 +115,20 @@ def make_template(node: Node) -> tuple[Template | None, list]:
     ``None`` as the template means: the dependency values are the positional
     arguments, in order, and there is nothing else (the short path).
     """
-    mode = node.argmode
+    slots = node.slots  # the argument mode (Node.argmode): () none, positions top-level, None nested
     if node.kind == METHOD:
         placeholders = _Placeholders({node.obj: Ref(0, ())})
         placeholders.order.append(node.obj)
     else:
-        if mode == ARGS_NONE:
-            return Template(mode, node.args, node.kwargs, node.slots), []
-        if mode == ARGS_TOP and not node.kwargs and len(node.slots) == len(node.args):
+        if slots is not None and not slots:
+            return Template(node.args, node.kwargs, slots), []
+        if slots is not None and not node.kwargs and len(slots) == len(node.args):
             if all(a.__class__ is not Ref for a in node.args):
                 # every argument is a whole dependency: the values are the arguments
                 return None, list(node.args)
         placeholders = _Placeholders()
     args, kwargs = resolve_args(node, placeholders)
-    return Template(mode, tuple(args), kwargs, node.slots), placeholders.order
+    return Template(tuple(args), kwargs, slots), placeholders.order
 
 
 class WorkerContext:
@@ -504,21 +504,21 @@ def run_plain_in_process(nodes: list, keep: set, fail: Callable[[Any, BaseExcept
     results: dict = {}
     for node in nodes:
         func = node.func
-        mode = node.argmode
+        slots = node.slots  # the argument mode (Node.argmode): () none, positions top-level, None nested
         try:
-            if mode == ARGS_NONE:
-                kwargs = node.kwargs
-                value = func(*node.args, **kwargs) if kwargs else func(*node.args)
-            elif mode == ARGS_TOP:
+            if slots:
                 args = list(node.args)
-                for position in node.slots:
+                for position in slots:
                     a = args[position]
                     args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
                 kwargs = node.kwargs
                 value = func(*args, **kwargs) if kwargs else func(*args)
-            else:
+            elif slots is None:
                 args, kwargs = resolve_args(node, results)
                 value = func(*args, **kwargs)
+            else:
+                kwargs = node.kwargs
+                value = func(*node.args, **kwargs) if kwargs else func(*node.args)
         except Exception as exc:
             _tag(exc, node.name)
             fail(node, exc)
@@ -602,9 +602,10 @@ def _stored_steps(run: Any, steps: Any, keep: set, plan: Any, fps: dict | None, 
         began = clock()
         start = wall + began
         try:
-            if node.argmode == ARGS_TOP and not node.kwargs:  # resolve_args, inline for the common call
+            slots = node.slots
+            if slots and not node.kwargs:  # top-level dependencies only: resolve_args, inline for the common call
                 args = list(node.args)
-                for position in node.slots:
+                for position in slots:
                     a = args[position]
                     args[position] = a.resolve(results[a.node]) if a.__class__ is Ref else results[a]
                 value = node.func(*args)

@@ -563,3 +563,34 @@ def test_a_callable_object_with_a_name_but_no_qualname_names_its_nodes_by_that_n
     assert not hasattr(scaler, "__qualname__")
     node = workflow(scaler)(21)
     assert node.name.startswith("scale_by_two_") and LocalWorkflow(node).run() == 42
+
+
+def test_the_argument_mode_is_read_off_slots_and_survives_a_template():
+    """``Node.argmode`` has no slot of its own (a smaller node for the collector): ``slots`` is ``()``
+    for no dependency, the positions of top-level ones, or ``None`` for anything else; the hot loops,
+    ``resolve_args`` and the shipped template read it from there."""
+    import pickle
+
+    from functionfuse.nodecall import make_template
+
+    source = echo(3).set_name("mode_source")
+    none = echo(4).set_name("mode_none")
+    top = echo(source, extra=None).set_name("mode_top_kw_plain")  # a plain keyword keeps ARGS_TOP
+    nested = echo([source, 1]).set_name("mode_nested")
+    by_keyword = echo(1, extra=source).set_name("mode_keyword")
+    assert (none.slots, none.argmode) == ((), ARGS_NONE)
+    assert (top.slots, top.argmode) == ((0,), ARGS_TOP)
+    assert (nested.slots, nested.argmode) == (None, ARGS_NESTED)
+    assert (by_keyword.slots, by_keyword.argmode) == (None, ARGS_NESTED)
+    assert not hasattr(source, "__dict__") and not hasattr(source, "__weakref__")
+    results = {source: 30}
+    assert resolve_args(nested, results) == ((([30, 1]),), {})
+    assert resolve_args(by_keyword, results) == ((1,), {"extra": 30})
+    assert list(resolve_args(top, results)[0]) == [30]
+    for node, want in ((nested, ([30, 1],)), (by_keyword, (1,)), (none, (4,))):
+        template, deps = make_template(node)
+        template = pickle.loads(pickle.dumps(template))  # as a worker gets it
+        assert template.slots == node.slots
+        args, _ = resolve_args(template, [results[dep] for dep in deps])  # values by placeholder index
+        assert tuple(args) == want
+    assert LocalWorkflow(none, top, nested, by_keyword, workflow_name="modes").run() == [4, 3, [3, 1], 1]
