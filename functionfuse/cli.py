@@ -46,7 +46,9 @@ def load_nodes(spec: str, extra_vars: Sequence[str] = ()) -> list:
     folder = os.path.dirname(os.path.abspath(script))
     if folder not in sys.path:
         sys.path.insert(0, folder)
-    namespace = runpy.run_path(script, run_name="__functionfuse__")
+    from .fingerprint import SCRIPT_RUN_NAME
+
+    namespace = runpy.run_path(script, run_name=SCRIPT_RUN_NAME)
     nodes = []
     for name in (first, *extra_vars):
         if name not in namespace:

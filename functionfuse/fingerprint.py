@@ -199,8 +199,17 @@ def _is_user_class(cls: type) -> bool:
     return _is_user_module_name(getattr(cls, "__module__", None))
 
 
+#: the module name under which ``functionfuse run|plan SCRIPT.py:VAR`` runs a script (not ``__main__``,
+#: so that its ``if __name__ == "__main__":`` block does not run the workflow a second time)
+SCRIPT_RUN_NAME = "__functionfuse__"
+
+
 def _label(obj: Any) -> str:
     module = getattr(obj, "__module__", None) or "?"
+    if module == SCRIPT_RUN_NAME:
+        # the same script, run by the command line: its calls are those of `python SCRIPT.py`, so
+        # that a result stored by one reads back in the other (the code itself is still compared)
+        module = "__main__"
     return f"{module}:{getattr(obj, '__qualname__', None) or getattr(obj, '__name__', type(obj).__qualname__)}"
 
 

@@ -378,6 +378,54 @@ def test_cli_plan_shows_each_fate_and_reason_without_running_anything(tmp_path):
     assert calls_of(tmp_path) == []
 
 
+SCRIPT_AND_CLI = '''
+from functionfuse import workflow
+''' + MARK + '''
+
+class Scale:
+    def factor(self):
+        return 2
+
+
+@workflow
+def times(x):
+    mark("times")
+    return x * Scale().factor()
+
+
+leaf = times(5)
+if __name__ == "__main__":
+    import functionfuse
+    print("value", functionfuse.run(leaf, storage="st", workflow_name="w"))
+'''
+
+
+def test_a_script_and_the_command_line_read_back_each_others_results(tmp_path):
+    """`python SCRIPT.py` and `functionfuse run|plan SCRIPT.py:VAR` run the same functions under two
+    module names (``__main__``, ``__functionfuse__``); a result stored by one is the same call for the
+    other, and a change of code is still seen across them."""
+    (tmp_path / "script.py").write_text(SCRIPT_AND_CLI)
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "value 10" in done.stdout and calls_of(tmp_path) == ["times"]
+    (tmp_path / "calls.txt").unlink()
+    out = cli(tmp_path, "plan", "script.py:leaf", "--storage", "st", "--workflow-name", "w")
+    assert out.stdout.splitlines()[-1] == "compute 0, read back 1, recompute 0, stored 0", out.stdout
+    out = cli(tmp_path, "run", "script.py:leaf", "--storage", "st", "--workflow-name", "w")
+    assert "times_0000: 10" in out.stdout and calls_of(tmp_path) == []  # read back, not recomputed
+    # a changed helper class is seen by the command line, and its result read back by the script
+    (tmp_path / "script.py").write_text(SCRIPT_AND_CLI.replace("return 2", "return 3"))
+    out = cli(tmp_path, "plan", "script.py:leaf", "--storage", "st", "--workflow-name", "w")
+    assert "recompute  code of '__main__:Scale.factor' changed" in out.stdout, out.stdout
+    out = cli(tmp_path, "run", "script.py:leaf", "--storage", "st", "--workflow-name", "w")
+    assert "times_0000: 15" in out.stdout and calls_of(tmp_path) == ["times"]
+    (tmp_path / "calls.txt").unlink()
+    done = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert "value 15" in done.stdout and calls_of(tmp_path) == []
+
+
 # ---------------------------------------------------------------------------
 # set_version, arguments that cannot be fingerprinted
 # ---------------------------------------------------------------------------
