@@ -120,7 +120,7 @@ def make_template(node: Node) -> tuple[Template | None, list]:
         placeholders = _Placeholders({node.obj: Ref(0, ())})
         placeholders.order.append(node.obj)
     else:
-        if slots is not None and not slots:
+        if slots == ():  # no dependency: the arguments as given
             return Template(node.args, node.kwargs, slots), []
         if slots is not None and not node.kwargs and len(slots) == len(node.args):
             if all(a.__class__ is not Ref for a in node.args):
